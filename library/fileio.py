@@ -1,0 +1,45 @@
+"""Atomic file writes: a reader never sees a half-written file, a crash leaves the previous one intact."""
+import contextlib
+import os
+import tempfile
+
+from .errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Yield a temporary path in the same folder; on success fsync it and rename it over `path`."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise UserError(f"cannot write to {folder}: {e.strerror}") from e
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise UserError(f"could not save {path}: {e.strerror or e}") from e
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def _remove_quietly(path):
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def _fsync_dir(folder):
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

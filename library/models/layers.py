@@ -1,0 +1,113 @@
+"""Shared layers with diffusers/torch parameter names and layouts.
+
+Every model builds on these (never nn.Dense / nn.Conv2d directly) so that device-specific formulations are
+chosen in one place. `Linear` and `Conv2d` carry an `adapters` CellList (LoRA appends there); the base
+parameter names never change.
+
+NOTE: first version - plain MindSpore ops. The CPU-fast formulations (im2col conv with custom backward) are
+to be filled in here without changing the constructor signatures or parameter names.
+"""
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Parameter, Tensor
+
+
+def _uniform(shape, bound, seed_rng=np.random):
+    return Tensor(seed_rng.uniform(-bound, bound, size=shape).astype(np.float32))
+
+
+class Linear(nn.Cell):
+    """y = x W^T + b with W [out, in] (torch layout), over the last axis of any-rank input."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = Parameter(_uniform((out_features, in_features), bound), name="weight")
+        self.bias = Parameter(_uniform((out_features,), bound), name="bias") if bias else None
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.adapters = nn.CellList()
+
+    def construct(self, x):
+        shape = x.shape
+        y = self.matmul(x.reshape(-1, shape[-1]), self.weight)
+        if self.bias is not None:
+            y = y + self.bias
+        y = y.reshape(shape[:-1] + (self.out_features,))
+        for adapter in self.adapters:
+            y = y + adapter(x)
+        return y
+
+
+class Conv2d(nn.Cell):
+    """2-D convolution, NCHW, weight [out, in, kh, kw] (torch layout)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        fan_in = in_channels * kernel_size * kernel_size
+        bound = 1.0 / math.sqrt(fan_in)
+        self.weight = Parameter(_uniform((out_channels, in_channels, kernel_size, kernel_size), bound), name="weight")
+        self.bias = Parameter(_uniform((out_channels,), bound), name="bias") if bias else None
+        self.conv = ops.Conv2D(out_channels, kernel_size, pad_mode="pad" if padding else "valid",
+                               pad=padding, stride=stride)
+        self.adapters = nn.CellList()
+
+    def construct(self, x):
+        y = self.conv(x, self.weight)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1, 1)
+        for adapter in self.adapters:
+            y = y + adapter(x)
+        return y
+
+
+class GroupNorm(nn.Cell):
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True):
+        super().__init__()
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.weight = Parameter(Tensor(np.ones(num_channels, np.float32)), name="weight")
+        self.bias = Parameter(Tensor(np.zeros(num_channels, np.float32)), name="bias")
+
+    def construct(self, x):
+        b, c = x.shape[0], x.shape[1]
+        h = x.reshape(b, self.num_groups, -1)
+        mean = h.mean(axis=-1, keep_dims=True)
+        var = ((h - mean) ** 2).mean(axis=-1, keep_dims=True)
+        h = (h - mean) / ops.sqrt(var + self.eps)
+        h = h.reshape(x.shape)
+        shape = (1, c) + (1,) * (len(x.shape) - 2)
+        return h * self.weight.reshape(shape) + self.bias.reshape(shape)
+
+
+class LayerNorm(nn.Cell):
+    def __init__(self, normalized_shape, eps=1e-5):
+        super().__init__()
+        self.weight = Parameter(Tensor(np.ones(normalized_shape, np.float32)), name="weight")
+        self.bias = Parameter(Tensor(np.zeros(normalized_shape, np.float32)), name="bias")
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x):
+        y, _, _ = self.norm(x, self.weight, self.bias)
+        return y
+
+
+class Embedding(nn.Cell):
+    def __init__(self, num_embeddings, embedding_dim):
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.weight = Parameter(Tensor(np.random.normal(0, 0.02, (num_embeddings, embedding_dim)).astype(np.float32)),
+                                name="weight")
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)

@@ -1,0 +1,38 @@
+"""State dicts of Cells as {diffusers/transformers name: numpy array}."""
+import numpy as np
+from mindspore import Tensor
+
+from ..errors import UserError
+
+
+def state_dict(cell, include_adapters=False):
+    out = {}
+    for name, param in cell.parameters_and_names():
+        if not include_adapters and ".adapters." in f".{name}":
+            continue
+        out[name] = param.asnumpy()
+    return out
+
+
+def load_state_dict(cell, tensors, strict=True, source="checkpoint"):
+    """Copy arrays into the cell's parameters by name. Raises UserError naming what does not fit."""
+    params = {name: p for name, p in cell.parameters_and_names() if ".adapters." not in f".{name}"}
+    missing = sorted(set(params) - set(tensors))
+    unexpected = sorted(set(tensors) - set(params))
+    mismatched = [f"{k}: file {tuple(np.shape(tensors[k]))} vs model {tuple(params[k].shape)}"
+                  for k in sorted(set(params) & set(tensors))
+                  if tuple(np.shape(tensors[k])) != tuple(params[k].shape)]
+    if mismatched or (strict and (missing or unexpected)):
+        parts = [f"{source} does not fit the model:"]
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {', '.join(missing[:5])}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {', '.join(unexpected[:5])}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatch(es), e.g. {'; '.join(mismatched[:3])}")
+        raise UserError("\n  ".join(parts))
+    for name, array in tensors.items():
+        if name in params:
+            param = params[name]
+            param.set_data(Tensor(np.ascontiguousarray(array, dtype=np.float32)).astype(param.dtype))
+    return missing, unexpected
