@@ -1,0 +1,1 @@
+"""Noise schedule, training targets and samplers."""
