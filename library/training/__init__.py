@@ -1,0 +1,1 @@
+"""The one training loop both trainers (textual inversion, LoRA) share."""

@@ -1,0 +1,189 @@
+"""Optimizers by kohya's `--optimizer_type` names, running inside the compiled train step.
+
+AdamW and SGD are MindSpore's experimental optimizers (their AdamW matches torch's, bias correction included;
+`nn.AdamWeightDecay` does not). Lion and Adafactor are written here with the same interface: a Cell whose
+construct takes the gradient tuple, with one learning-rate Parameter per group in `self.lrs` that the loop
+updates every step from the schedule.
+"""
+import ast
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Parameter, Tensor, ParameterTuple
+
+from ..errors import UserError
+
+SUPPORTED = ("AdamW", "SGD", "SGDNesterov", "Lion", "AdaFactor")
+_ALIASES = {"adamw": "AdamW", "sgd": "SGD", "sgdnesterov": "SGDNesterov", "lion": "Lion", "adafactor": "AdaFactor"}
+_UNAVAILABLE_HINT = {  # torch-only optimizers kohya users type; what to use instead
+    "adamw8bit": "AdamW", "pagedadamw8bit": "AdamW", "pagedadamw": "AdamW", "pagedadamw32bit": "AdamW",
+    "lion8bit": "Lion", "pagedlion8bit": "Lion", "sgdnesterov8bit": "SGDNesterov",
+}
+
+
+def parse_optimizer_args(items):
+    """`--optimizer_args weight_decay=0.01 betas=0.9,0.99` -> dict (values through ast.literal_eval, as kohya)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--optimizer_args {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def build_optimizer(name, param_groups, lr, optimizer_args=None):
+    """param_groups: list of {"params": [Parameter], "lr": float}. Returns a Cell taking the gradient tuple."""
+    key = (name or "AdamW").lower()
+    kwargs = dict(optimizer_args or {})
+    if key in _UNAVAILABLE_HINT:
+        raise UserError(f"--optimizer_type {name}: 8-bit/paged optimizers need bitsandbytes (CUDA only); "
+                        f"use --optimizer_type {_UNAVAILABLE_HINT[key]}")
+    if key not in _ALIASES:
+        raise UserError(f"--optimizer_type {name!r} is not supported; choose one of: {', '.join(SUPPORTED)}")
+    groups = [{"params": list(g["params"]), "lr": float(g.get("lr", lr))} for g in param_groups if g["params"]]
+    if not groups:
+        raise UserError("nothing to train: no trainable parameters were selected")
+    try:
+        if key == "adamw":
+            from mindspore.experimental.optim import AdamW
+            betas = tuple(float(b) for b in kwargs.pop("betas", (0.9, 0.999)))
+            return AdamW(groups, lr=float(lr), betas=betas, eps=float(kwargs.pop("eps", 1e-8)),
+                         weight_decay=float(kwargs.pop("weight_decay", 1e-2)), **kwargs)
+        if key in ("sgd", "sgdnesterov"):
+            from mindspore.experimental.optim import SGD
+            nesterov = key == "sgdnesterov" or bool(kwargs.pop("nesterov", False))
+            momentum = float(kwargs.pop("momentum", 0.9 if nesterov else 0.0))
+            return SGD(groups, lr=float(lr), momentum=momentum, nesterov=nesterov,
+                       weight_decay=float(kwargs.pop("weight_decay", 0.0)), **kwargs)
+        if key == "lion":
+            return Lion(groups, **kwargs)
+        return Adafactor(groups, **kwargs)
+    except TypeError as e:
+        raise UserError(f"--optimizer_args not accepted by {name}: {e}") from e
+
+
+class _GroupedOptimizer(nn.Cell):
+    """Parameters in groups, one lr Parameter per group (set from Python every step)."""
+
+    def __init__(self, groups):
+        super().__init__(auto_prefix=False)
+        self.parameters = ParameterTuple([p for g in groups for p in g["params"]])
+        self.group_bounds = []
+        start = 0
+        for g in groups:
+            self.group_bounds.append((start, start + len(g["params"])))
+            start += len(g["params"])
+        self.lrs = ParameterTuple([Parameter(Tensor(g["lr"], ms.float32), name=f"learning_rate_group_{i}",
+                                             requires_grad=False) for i, g in enumerate(groups)])
+        self.hyper_map = ops.HyperMap()
+
+
+_lion_update = ops.MultitypeFuncGraph("lion_update")
+
+
+@_lion_update.register("Tensor", "Number", "Number", "Number", "Tensor", "Tensor", "Tensor")
+def _lion_param_update(lr, beta1, beta2, weight_decay, param, grad, exp_avg):
+    update = ops.sign(exp_avg * beta1 + grad * (1.0 - beta1))
+    new_param = param * (1.0 - lr * weight_decay) - lr * update
+    ops.assign(param, new_param)
+    ops.assign(exp_avg, exp_avg * beta2 + grad * (1.0 - beta2))
+    return True
+
+
+class Lion(_GroupedOptimizer):
+    """Lion (Chen et al. 2023): sign of an interpolated momentum, decoupled weight decay."""
+
+    def __init__(self, groups, betas=(0.9, 0.99), weight_decay=0.0):
+        super().__init__(groups)
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.weight_decay = float(weight_decay)
+        self.exp_avg = self.parameters.clone(prefix="exp_avg", init="zeros")
+
+    def construct(self, gradients):
+        for i, (start, end) in enumerate(self.group_bounds):
+            self.hyper_map(ops.partial(_lion_update, self.lrs[i], self.beta1, self.beta2, self.weight_decay),
+                           self.parameters[start:end], gradients[start:end], self.exp_avg[start:end])
+        return True
+
+
+class Adafactor(_GroupedOptimizer):
+    """Adafactor with an explicit learning rate (relative_step=False, scale_parameter=False, as kohya recommends
+    with a given lr): factored second moments for matrices, RMS update clipping, decay 1 - t^-0.8."""
+
+    def __init__(self, groups, eps=(1e-30, 1e-3), clip_threshold=1.0, decay_rate=-0.8, weight_decay=0.0,
+                 relative_step=False, scale_parameter=False, warmup_init=False, beta1=None):
+        if relative_step or warmup_init or scale_parameter or beta1 is not None:
+            raise UserError("AdaFactor here supports relative_step=False, scale_parameter=False, "
+                            "warmup_init=False, beta1=None (use an explicit --learning_rate)")
+        super().__init__(groups)
+        self.eps1 = float(eps[0])
+        self.clip_threshold = float(clip_threshold)
+        self.decay_rate = float(decay_rate)
+        self.weight_decay = float(weight_decay)
+        self.step = Parameter(Tensor(0.0, ms.float32), name="adafactor_step", requires_grad=False)
+        rows, cols, full = [], [], []
+        for i, p in enumerate(self.parameters):
+            shape = tuple(p.shape)
+            factored = len(shape) >= 2
+            rows.append(Parameter(Tensor(np.zeros(shape[:-1] if factored else (1,), np.float32)),
+                                  name=f"exp_avg_sq_row.{i}", requires_grad=False))
+            cols.append(Parameter(Tensor(np.zeros(shape[:-2] + shape[-1:] if factored else (1,), np.float32)),
+                                  name=f"exp_avg_sq_col.{i}", requires_grad=False))
+            full.append(Parameter(Tensor(np.zeros(shape if not factored else (1,), np.float32)),
+                                  name=f"exp_avg_sq.{i}", requires_grad=False))
+        self.factored = tuple(len(p.shape) >= 2 for p in self.parameters)
+        self.exp_avg_sq_row = ParameterTuple(rows)
+        self.exp_avg_sq_col = ParameterTuple(cols)
+        self.exp_avg_sq = ParameterTuple(full)
+
+    def construct(self, gradients):
+        ops.assign_add(self.step, Tensor(1.0, ms.float32))
+        beta2t = 1.0 - ops.pow(self.step, self.decay_rate)
+        for gi, (start, end) in enumerate(self.group_bounds):
+            lr = self.lrs[gi]
+            for i in range(start, end):
+                param = self.parameters[i]
+                grad = gradients[i]
+                sq = grad * grad + self.eps1
+                if self.factored[i]:
+                    row = self.exp_avg_sq_row[i]
+                    col = self.exp_avg_sq_col[i]
+                    new_row = row * beta2t + sq.mean(axis=-1) * (1.0 - beta2t)
+                    new_col = col * beta2t + sq.mean(axis=-2) * (1.0 - beta2t)
+                    ops.assign(row, new_row)
+                    ops.assign(col, new_col)
+                    r = ops.rsqrt(new_row / new_row.mean(axis=-1, keep_dims=True)).expand_dims(-1)
+                    c = ops.rsqrt(new_col).expand_dims(-2)
+                    update = grad * r * c
+                else:
+                    full = self.exp_avg_sq[i]
+                    new_full = full * beta2t + sq * (1.0 - beta2t)
+                    ops.assign(full, new_full)
+                    update = grad * ops.rsqrt(new_full)
+                rms = ops.sqrt((update * update).mean())
+                update = update / ops.maximum(rms / self.clip_threshold, 1.0)
+                new_param = param - lr * update
+                if self.weight_decay != 0.0:
+                    new_param = new_param - param * (self.weight_decay * lr)
+                ops.assign(param, new_param)
+        return True
+
+
+def optimizer_state_params(optimizer):
+    """Every state Parameter of an optimizer (moments, step counters, lrs), for save/resume."""
+    trained = {id(p) for p in optimizer.parameters}
+    return {p.name: p for p in optimizer.get_parameters() if id(p) not in trained} if hasattr(
+        optimizer, "get_parameters") else {}
+
+
+def set_learning_rates(optimizer, lrs):
+    for lr_param, value in zip(optimizer.lrs, lrs):
+        lr_param.set_data(Tensor(float(value), ms.float32))
+
+
+def group_base_lrs(param_groups, lr):
+    return [float(g.get("lr", lr)) for g in param_groups if g["params"]]
