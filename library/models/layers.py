@@ -7,15 +7,33 @@ parameter names never change.
 NOTE: first version - plain MindSpore ops. The CPU-fast formulations (im2col conv with custom backward) are
 to be filled in here without changing the constructor signatures or parameter names.
 """
+import contextlib
 import math
+import warnings
 
-import numpy as np
 import mindspore as ms
-from mindspore import nn, ops, Parameter, Tensor
+from mindspore import nn, ops, Parameter
+from mindspore.common.initializer import initializer, Normal, One, Uniform, Zero
 
 
-def _uniform(shape, bound, seed_rng=np.random):
-    return Tensor(seed_rng.uniform(-bound, bound, size=shape).astype(np.float32))
+def _uniform(shape, bound):
+    """torch's default Linear/Conv init (kaiming_uniform a=sqrt(5) == U(-1/sqrt(fan_in), +)), created lazily."""
+    return initializer(Uniform(bound), shape, ms.float32)
+
+
+@contextlib.contextmanager
+def lazy_parameters():
+    """Build Cells without allocating their initial weights (a full SDXL UNet lists its modules in ms).
+
+    Parameters made inside stay uninitialised until `set_data` (a checkpoint load) or the first graph
+    compile / `init_parameters_data()`, which fills the rest with their initializers.
+    """
+    from mindspore.nn.utils import no_init_parameters
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with no_init_parameters():
+            yield
 
 
 class Linear(nn.Cell):
@@ -75,8 +93,8 @@ class GroupNorm(nn.Cell):
         self.num_groups = num_groups
         self.num_channels = num_channels
         self.eps = eps
-        self.weight = Parameter(Tensor(np.ones(num_channels, np.float32)), name="weight")
-        self.bias = Parameter(Tensor(np.zeros(num_channels, np.float32)), name="bias")
+        self.weight = Parameter(initializer(One(), (num_channels,), ms.float32), name="weight")
+        self.bias = Parameter(initializer(Zero(), (num_channels,), ms.float32), name="bias")
 
     def construct(self, x):
         b, c = x.shape[0], x.shape[1]
@@ -92,8 +110,8 @@ class GroupNorm(nn.Cell):
 class LayerNorm(nn.Cell):
     def __init__(self, normalized_shape, eps=1e-5):
         super().__init__()
-        self.weight = Parameter(Tensor(np.ones(normalized_shape, np.float32)), name="weight")
-        self.bias = Parameter(Tensor(np.zeros(normalized_shape, np.float32)), name="bias")
+        self.weight = Parameter(initializer(One(), normalized_shape, ms.float32), name="weight")
+        self.bias = Parameter(initializer(Zero(), normalized_shape, ms.float32), name="bias")
         self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
 
     def construct(self, x):
@@ -106,7 +124,7 @@ class Embedding(nn.Cell):
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
-        self.weight = Parameter(Tensor(np.random.normal(0, 0.02, (num_embeddings, embedding_dim)).astype(np.float32)),
+        self.weight = Parameter(initializer(Normal(0.02), (num_embeddings, embedding_dim), ms.float32),
                                 name="weight")
 
     def construct(self, ids):
