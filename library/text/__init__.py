@@ -1,0 +1,1 @@
+"""CLIP tokenizer (bundled vocabulary), textual-inversion token strings and templates, prompt weighting, chunking."""
