@@ -1,0 +1,211 @@
+"""The training loop both trainers share, readable top to bottom.
+
+A trainer supplies a `method` (what is trained and how it is saved: textual inversion or LoRA); the loop
+owns everything else: step counts, learning-rate schedule, noise and timesteps, the compiled step, saves,
+resumable states, samples, progress, NaN and Ctrl-C handling.
+"""
+import math
+import os
+import signal
+
+import numpy as np
+from mindspore import Tensor
+import mindspore as ms
+
+from ..errors import UserError
+from ..diffusion.training import sample_noise, sample_timesteps
+from .lr_schedules import make_schedule
+from .optimizers import build_optimizer, set_learning_rates, optimizer_state_params, parse_optimizer_args
+from .progress import TrainingProgress
+from .state import save_state, load_state, state_dir_name, prune_old
+from .step import StepRunner
+
+
+def total_steps(args, batches_per_epoch, world_size=1):
+    """kohya: --max_train_epochs overrides --max_train_steps; an epoch is ceil(batches / accumulation) steps."""
+    steps_per_epoch = math.ceil(batches_per_epoch / max(1, args.gradient_accumulation_steps))
+    if args.max_train_epochs:
+        return args.max_train_epochs * steps_per_epoch, steps_per_epoch
+    return args.max_train_steps, steps_per_epoch
+
+
+def effective_learning_rate(args, world_size):
+    if args.scale_lr:
+        return args.learning_rate * args.train_batch_size * args.gradient_accumulation_steps * world_size
+    return args.learning_rate
+
+
+class TrainingLoop:
+    def __init__(self, args, dataset, method, latent_source, spec, world, sample_fn=None):
+        self.args = args
+        self.dataset = dataset
+        self.method = method
+        self.latent_source = latent_source
+        self.spec = spec
+        self.world = world
+        self.sample_fn = sample_fn
+        self.output_name = args.output_name
+        self.stop_requested = False
+        self.last_save = None
+
+    # ------------------------------------------------------------------ set-up
+    def _build(self):
+        args = self.args
+        lr = effective_learning_rate(args, self.world.size)
+        groups = self.method.param_groups(lr)
+        self.optimizer = build_optimizer(args.optimizer_type, groups, lr, parse_optimizer_args(args.optimizer_args))
+        self.base_lrs = [g["lr"] for g in groups if g["params"]]
+        self.total, self.steps_per_epoch = total_steps(args, len(self.dataset), self.world.size)
+        self.num_epochs = math.ceil(self.total / max(1, self.steps_per_epoch))
+        self.schedule = make_schedule(args.lr_scheduler, self.total, args.lr_warmup_steps,
+                                      args.lr_scheduler_num_cycles, args.lr_scheduler_power, base_lr=lr)
+        self.runner = StepRunner(self.method.objective, self.optimizer, args.max_grad_norm,
+                                 args.gradient_accumulation_steps, self.world.size, self.method.loss_scale)
+        self.noise_rng = np.random.default_rng(args.seed if args.seed is not None else 0)
+        self.optimizer_state = optimizer_state_params(self.optimizer)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self):
+        self._build()
+        args = self.args
+        step, epoch, start_batch = 0, 0, 0
+        if args.resume:
+            step, epoch, start_batch = self._resume(args.resume)
+        self._set_lr(step)
+        progress = TrainingProgress(self.total, step, args.logging_dir, args.log_prefix,
+                                    enabled=self.world.is_main, tensorboard=args.log_with != "none")
+        self._announce(progress)
+        previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+        try:
+            if args.sample_at_first and step == 0:
+                self._sample(step, None)
+            micro = 0
+            while step < self.total and epoch < self.num_epochs:
+                self.dataset.set_epoch(epoch)
+                for index in range(start_batch, len(self.dataset)):
+                    loss, norm, updated = self.runner.run(micro, self._inputs(self.dataset[index]))
+                    micro = 0 if updated else micro + 1
+                    if not np.isfinite(loss):
+                        self._stop_on_nan(step, progress)
+                    if not updated:
+                        continue
+                    step += 1
+                    progress.update(step, epoch + 1, loss, self.current_lrs, norm)
+                    self._set_lr(step)
+                    self._after_step(step, epoch, index + 1, progress)
+                    if step >= self.total:
+                        break
+                start_batch = 0
+                epoch += 1
+                if step < self.total:
+                    self._after_epoch(step, epoch, progress)
+            self._final_save(step, epoch, progress)
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+            progress.close()
+        return step
+
+    def _inputs(self, batch):
+        latents = self.latent_source(batch) * self.spec.vae_scaling_factor
+        # Noise and timesteps for the global batch, sliced per worker: a data-parallel run sees exactly the
+        # random numbers of a single-process run with the same global batch.
+        world = self.world
+        global_shape = (latents.shape[0] * world.size,) + latents.shape[1:]
+        noise = sample_noise(self.noise_rng, np.zeros(global_shape, np.float32), self.args.noise_offset,
+                             self.args.noise_offset_random_strength)
+        timesteps = sample_timesteps(self.noise_rng, global_shape[0], self.args.min_timestep,
+                                     self.args.max_timestep)
+        part = slice(world.rank * latents.shape[0], (world.rank + 1) * latents.shape[0])
+        return self.method.step_inputs(batch, latents.astype(np.float32), noise[part], timesteps[part])
+
+    def _set_lr(self, step):
+        """The lr for the NEXT update (update index `step`, 0-based as torch's LambdaLR)."""
+        factor = self.schedule(step)
+        self.current_lrs = [base * factor for base in self.base_lrs]
+        set_learning_rates(self.optimizer, self.current_lrs)
+
+    # ------------------------------------------------------------------ saves, samples, resume
+    def _after_step(self, step, epoch, next_batch, progress):
+        args = self.args
+        if args.save_every_n_steps and step % args.save_every_n_steps == 0 and step < self.total:
+            self._save_artifact(f"{self.output_name}-step{step:08d}", step, epoch + 1, progress)
+            prune_old(args.output_dir, f"{self.output_name}-step", args.save_last_n_steps)
+            if args.save_state:
+                self._save_state(state_dir_name(self.output_name, step=step), step, epoch, next_batch)
+        if args.sample_every_n_steps and not args.sample_every_n_epochs and step % args.sample_every_n_steps == 0:
+            self._sample(step, None)
+        if self.stop_requested:
+            path = self._save_state(state_dir_name(self.output_name, step=step), step, epoch, next_batch,
+                                    force=True)
+            raise KeyboardInterruptSaved(step, path)
+
+    def _after_epoch(self, step, epoch, progress):
+        args = self.args
+        if args.save_every_n_epochs and epoch % args.save_every_n_epochs == 0 and epoch < self.num_epochs:
+            self._save_artifact(f"{self.output_name}-{epoch:06d}", step, epoch, progress)
+            if args.save_state:
+                self._save_state(state_dir_name(self.output_name, epoch=epoch), step, epoch, 0)
+        if args.sample_every_n_epochs and epoch % args.sample_every_n_epochs == 0:
+            self._sample(step, epoch)
+
+    def _final_save(self, step, epoch, progress):
+        path = self._save_artifact(self.output_name, step, epoch, progress)
+        if self.args.save_state_on_train_end:
+            self._save_state(state_dir_name(self.output_name), step, epoch, 0)
+        if self.args.sample_every_n_steps or self.args.sample_every_n_epochs:
+            self._sample(step, epoch)
+        if self.world.is_main and path:
+            progress.write(f"saved {path}")
+
+    def _save_artifact(self, stem, step, epoch, progress):
+        if not self.world.is_main:
+            return None
+        path = os.path.join(self.args.output_dir, stem + self.method.file_extension)
+        self.method.save(path, step=step, epoch=epoch)
+        self.last_save = path
+        return path
+
+    def _save_state(self, name, step, epoch, next_batch, force=False):
+        if not self.world.is_main:
+            return None
+        path = os.path.join(self.args.output_dir, name)
+        counters = {"current_step": step, "current_epoch": epoch, "next_batch": next_batch,
+                    "noise_rng": self.noise_rng.bit_generator.state, "total_steps": self.total}
+        save_state(path, self.method.trainable, self.optimizer_state, counters)
+        return path
+
+    def _resume(self, path):
+        counters = load_state(path, self.method.trainable, self.optimizer_state)
+        self.noise_rng.bit_generator.state = counters["noise_rng"]
+        return int(counters["current_step"]), int(counters["current_epoch"]), int(counters["next_batch"])
+
+    def _sample(self, step, epoch):
+        if self.sample_fn is not None and self.world.is_main:
+            self.sample_fn(step=step, epoch=epoch)
+
+    # ------------------------------------------------------------------ failure handling
+    def _on_interrupt(self, signum, frame):
+        if self.stop_requested:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+    def _stop_on_nan(self, step, progress):
+        where = f"the last good save is {self.last_save}" if self.last_save else "nothing had been saved yet"
+        raise UserError(f"the loss became NaN/inf at step {step + 1}; that update was skipped and training "
+                        f"stopped ({where}). Try a lower --learning_rate, --max_grad_norm 1.0, or fp32 "
+                        f"(--mixed_precision no).")
+
+    def _announce(self, progress):
+        if not self.world.is_main:
+            return
+        a = self.args
+        progress.write(f"batches per epoch: {len(self.dataset)} (x{self.world.size} workers), epochs: "
+                       f"{self.num_epochs}, optimizer steps: {self.total}, gradient accumulation: "
+                       f"{a.gradient_accumulation_steps}, lr: {self.base_lrs}")
+
+
+class KeyboardInterruptSaved(Exception):
+    def __init__(self, step, path):
+        super().__init__(f"interrupted at step {step}; resumable state saved to {path} "
+                         f"(continue with --resume {path})")
+        self.path = path

@@ -1,0 +1,27 @@
+"""The forward half of a training step: text conditioning, noising, UNet, target, weighted loss.
+
+One Cell for every family; SDXL-only inputs (second token ids, size conditioning) are dummies elsewhere,
+and the `sdxl` flag is a Python constant, so each family compiles to its own straight-line graph.
+"""
+from mindspore import nn, ops
+import mindspore as ms
+
+
+class DiffusionObjective(nn.Cell):
+    def __init__(self, unet, conditioner, targets, sdxl):
+        super().__init__()
+        self.unet = unet
+        self.conditioner = conditioner
+        self.targets = targets
+        self.sdxl = sdxl
+
+    def construct(self, latents, noise, timesteps, loss_weights, ids1, ids2, time_ids):
+        context, pooled = self.conditioner(ids1, ids2)
+        noisy = self.targets.noisy(latents, noise, timesteps)
+        t = ops.cast(timesteps, ms.float32)
+        if self.sdxl:
+            prediction = self.unet(noisy, t, context, pooled, time_ids)
+        else:
+            prediction = self.unet(noisy, t, context)
+        target = self.targets.target(latents, noise, timesteps)
+        return self.targets(prediction, target, timesteps, loss_weights)
