@@ -1,0 +1,76 @@
+"""Which layers get LoRA, and their kohya names.
+
+kohya adapts every Linear / Conv2d inside modules of certain classes (by class name) and names the adapter
+`prefix + "." + module path + "." + child path` with every dot turned into an underscore. SD1/SD2 UNet paths
+are diffusers paths; kohya's SDXL UNet uses LDM paths (`input_blocks.4.1...`), so SDXL UNet names go through
+the checkpoint key mapping. Each target also records its diffusers-style name as an alias, so files written
+with diffusers-style SDXL names load too.
+"""
+from dataclasses import dataclass
+
+from ..models.layers import Conv2d, Linear
+
+UNET_TARGETS = ("Transformer2DModel",)
+UNET_CONV_TARGETS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+TEXT_ENCODER_TARGETS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
+
+UNET_PREFIX = "lora_unet"
+
+
+@dataclass
+class LoRATarget:
+    lora_name: str  # kohya name, e.g. lora_unet_input_blocks_4_1_proj_in
+    alias: str  # diffusers-style name (equal to lora_name outside the SDXL UNet)
+    layer: object  # the Linear / Conv2d
+    part: str  # "unet" | "text_encoder"
+    is_conv3x3: bool  # kernel > 1: uses conv_dim / conv_alpha
+
+
+def text_encoder_prefixes(count):
+    """SD1/SD2: one encoder `lora_te`; SDXL: `lora_te1` (CLIP-L), `lora_te2` (bigG)."""
+    return ["lora_te"] if count == 1 else [f"lora_te{i + 1}" for i in range(count)]
+
+
+def _adaptable_children(root, class_names):
+    """(module path, layer) for every Linear/Conv2d inside a Cell whose class name is in class_names."""
+    seen = set()
+    for path, cell in root.cells_and_names():
+        if type(cell).__name__ not in class_names or ".adapters." in f".{path}.":
+            continue
+        for child_path, child in cell.cells_and_names():
+            if not isinstance(child, (Linear, Conv2d)) or "adapters" in child_path.split("."):
+                continue
+            full = f"{path}.{child_path}" if path else child_path
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            yield full, child
+
+
+def _underscored(prefix, path):
+    return f"{prefix}_{path.replace('.', '_')}"
+
+
+def unet_targets(unet, unet_config, ldm_names, with_conv):
+    """LoRA targets in the UNet. ldm_names: SDXL (kohya's SDXL UNet is LDM-named)."""
+    classes = UNET_TARGETS + (UNET_CONV_TARGETS if with_conv else ())
+    targets = []
+    for path, layer in _adaptable_children(unet, classes):
+        alias = _underscored(UNET_PREFIX, path)
+        name = alias
+        if ldm_names:
+            from ..checkpoints.unet_keys import diffusers_to_ldm_unet_key
+
+            name = _underscored(UNET_PREFIX, diffusers_to_ldm_unet_key(path, unet_config))
+        is_conv3x3 = isinstance(layer, Conv2d) and layer.kernel_size != 1
+        targets.append(LoRATarget(name, alias, layer, "unet", is_conv3x3))
+    return targets
+
+
+def text_encoder_targets(text_encoders):
+    targets = []
+    for prefix, encoder in zip(text_encoder_prefixes(len(text_encoders)), text_encoders):
+        for path, layer in _adaptable_children(encoder, TEXT_ENCODER_TARGETS):
+            name = _underscored(prefix, path)
+            targets.append(LoRATarget(name, name, layer, "text_encoder", False))
+    return targets
