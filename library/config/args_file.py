@@ -1,0 +1,85 @@
+"""`--config_file x.toml`: training arguments in a TOML. All tables are flattened (section names are only for
+the reader), the values become argparse defaults, so flags given explicitly on the command line win.
+`--output_config`: write the arguments that differ from the defaults to the `--config_file` path and exit."""
+import difflib
+import os
+import sys
+
+import toml
+
+from ..errors import UserError
+from ..fileio import atomic_write
+from .loader import load_config_dict
+
+NOT_SAVED = ("config_file", "output_config", "wandb_api_key", "huggingface_token")
+
+
+def _toml_path(path):
+    return path if path.endswith(".toml") else path + ".toml"
+
+
+def flatten_sections(config):
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            for inner_key, inner_value in value.items():
+                flat[inner_key] = inner_value
+        else:
+            flat[key] = value
+    return flat
+
+
+def _destinations(parser):
+    return {a.dest: a for a in parser._actions if a.dest != "help"}
+
+
+def _to_default(action, value):
+    """TOML values become defaults; argparse converts string defaults with `type`, other values stay typed.
+    Lists for single-value options (e.g. resolution = [512, 768]) are joined the way the flag is written."""
+    if isinstance(value, list) and action.nargs in (None, "?"):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def load_config_file(parser, argv):
+    args = parser.parse_args(argv)
+    if not getattr(args, "config_file", None):
+        return args
+    path = _toml_path(args.config_file)
+    if args.output_config:
+        write_config_file(parser, args, path)
+        sys.exit(0)
+    values = flatten_sections(load_config_dict(path, "--config_file"))
+    actions = _destinations(parser)
+    defaults = {}
+    for key, value in values.items():
+        if key not in actions:
+            close = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.6)
+            hint = f"did you mean `{close[0]}`?" if close else "it is not an option of this script"
+            raise UserError(f"--config_file {path}: unknown argument `{key}`; {hint}")
+        defaults[key] = _to_default(actions[key], value)
+    parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def non_default_args(parser, args):
+    defaults = {dest: action.default for dest, action in _destinations(parser).items()}
+    out = {}
+    for key, value in vars(args).items():
+        if key in NOT_SAVED or value is None:
+            continue
+        if key in defaults and value == defaults[key]:
+            continue
+        out[key] = list(value) if isinstance(value, tuple) else (os.fspath(value) if hasattr(value, "__fspath__")
+                                                                 else value)
+    return out
+
+
+def write_config_file(parser, args, path):
+    if os.path.exists(path):
+        raise UserError(f"--output_config: {path} already exists; choose another --config_file or delete it")
+    content = toml.dumps(non_default_args(parser, args))
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(content)
+    print(f"saved the arguments to {path}")

@@ -1,0 +1,57 @@
+"""Entry point the trainers call: parsed arguments (or a Blueprint) -> DatasetGroup."""
+import logging
+
+from ..config.blueprint import generate_blueprint
+from ..config.params import Blueprint
+from ..errors import UserError
+from .dataset import ImageDataset
+from .group import DatasetGroup
+from .items import items_for_dataset
+
+log = logging.getLogger("sdms.data")
+
+
+def build_dataset_group(source, *, tokenize=None, seed=0, caption_hook=None, split="train",
+                        support_dropout=False):
+    """`source`: an argparse Namespace (`--dataset_config` or folder mode) or a Blueprint.
+    `tokenize(captions) -> list[np.ndarray]` (one (B, 77*k) int32 array per tokenizer) fills `input_ids`;
+    `caption_hook(caption, rng) -> caption` runs after kohya's caption processing (token strings, templates).
+    `split`: "train" or "validation" (validation_split of each non-reg subset)."""
+    if split not in ("train", "validation"):
+        raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+    blueprint = source if isinstance(source, Blueprint) else generate_blueprint(source,
+                                                                               support_dropout=support_dropout)
+    datasets = []
+    for params in blueprint.datasets:
+        for subset in params.subsets:
+            if subset.face_crop_aug_range is not None:
+                raise UserError(f"{subset.source}: face_crop_aug_range is not supported yet; remove it")
+        items = items_for_dataset(params, split=split, seed=seed)
+        if not items:
+            if split == "validation":
+                continue
+            raise UserError(f"{params.source}: no images found. With --train_data_dir, that folder must be the "
+                            f"PARENT of folders named '<repeats>_<class tokens>' that hold the images")
+        datasets.append(ImageDataset(params, items, tokenize=tokenize, seed=seed, caption_hook=caption_hook))
+    return DatasetGroup(datasets, seed)
+
+
+def verify_bucket_reso_steps(group, divisor):
+    """kohya asserts bucket_reso_steps % 64 (SD1/2) or % 32 (SDXL); tiny test models run with smaller steps,
+    so this warns instead of failing."""
+    for dataset in group.datasets:
+        params = dataset.params
+        if params.enable_bucket and params.bucket_reso_steps % divisor:
+            log.warning("%s: bucket_reso_steps %d is not divisible by %d, as real models of this family need",
+                        params.source, params.bucket_reso_steps, divisor)
+
+
+def check_latent_caching_allowed(group):
+    """kohya: "when caching latents, either color_aug or random_crop cannot be used"."""
+    for dataset in group.datasets:
+        for subset in dataset.params.subsets:
+            for key in ("color_aug", "random_crop"):
+                if getattr(subset, key):
+                    raise UserError(f"{subset.source}: {key} cannot be used with --cache_latents / "
+                                    f"--cache_latents_to_disk (the cached latents would freeze one variant); "
+                                    f"turn off one of them")

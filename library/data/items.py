@@ -1,0 +1,194 @@
+"""Subsets -> image items (one per image, carrying its repeat count), kohya's DreamBooth/fine-tuning rules.
+
+- DreamBooth: images directly in `image_dir`; caption from `<image stem><caption_extension>` (UTF-8, first line
+  unless wildcards), else `class_tokens`; `cache_info` keeps captions and sizes in `metadata_cache.json`.
+- Fine-tuning: `metadata_file` .json `{key: {caption, tags, image_size}}` or .jsonl (`image_path` per line).
+- Regularisation balancing: reg images are registered round-robin and their repeats grow until the reg total
+  covers sum(train images x repeats); reg images beyond that are unused (as kohya).
+- Validation split: each non-reg subset's images shuffled with `validation_seed`, the first ceil(n*(1-split))
+  train, the rest validate; reg subsets never validate."""
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..config.images_ext import IMAGE_EXTENSIONS
+from ..config.loader import read_text
+from ..config.params import KIND_DREAMBOOTH, KIND_FINETUNING, SubsetParams
+from ..errors import UserError
+from ..fileio import atomic_write
+from .captions import read_caption_file
+from .images import image_size, list_images
+
+log = logging.getLogger("sdms.data")
+CACHE_INFO_FILE = "metadata_cache.json"
+
+
+@dataclass
+class ImageItem:
+    key: str
+    path: str
+    caption: str
+    subset: SubsetParams
+    num_repeats: int
+    is_reg: bool
+    size: tuple  # original (width, height)
+    bucket_reso: Optional[tuple] = None
+    resized_size: Optional[tuple] = None
+    cache: dict = field(default_factory=dict)  # cached latents etc. (see latent_cache.py)
+
+
+def _load_cache_info(folder):
+    path = os.path.join(folder, CACHE_INFO_FILE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        return json.loads(read_text(path, "cache_info file"))
+    except json.JSONDecodeError:
+        log.warning("%s is not valid JSON; rebuilding it", path)
+        return {}
+
+
+def _save_cache_info(folder, entries):
+    with atomic_write(os.path.join(folder, CACHE_INFO_FILE)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(entries, f, ensure_ascii=False, indent=1)
+
+
+def dreambooth_items(subset):
+    paths = list_images(subset.image_dir)
+    if not paths:
+        hint = ""
+        if any(os.path.isdir(os.path.join(subset.image_dir, n)) for n in os.listdir(subset.image_dir)):
+            hint = " It has sub-folders: image_dir must be the folder that holds the images (no recursion)."
+        raise UserError(f"{subset.source}: no images in image_dir {subset.image_dir} (looked for "
+                        f"{', '.join(IMAGE_EXTENSIONS)}, any letter case).{hint}")
+    cached = _load_cache_info(subset.image_dir) if subset.cache_info else {}
+    items, missing, entries = [], [], {}
+    for path in paths:
+        entry = cached.get(path)
+        if entry is not None and "caption" in entry and "resolution" in entry:
+            caption, size = entry["caption"], tuple(entry["resolution"])
+        else:
+            stem = os.path.splitext(path)[0]
+            caption, size = read_caption_file(stem + subset.caption_extension, subset.enable_wildcard), None
+        if caption is None:
+            caption = subset.class_tokens
+            if caption is None:
+                missing.append(path)
+                caption = ""
+        size = size or image_size(path)
+        entries[path] = {"caption": caption, "resolution": list(size)}
+        items.append(ImageItem(path, path, caption, subset, subset.num_repeats, subset.is_reg, size))
+    if missing:
+        log.warning("%s: %d image(s) have no %s caption file and no class_tokens, trained with an empty "
+                    "caption, e.g. %s", subset.source, len(missing), subset.caption_extension,
+                    ", ".join(missing[:5]))
+    if subset.cache_info and entries != cached:
+        _save_cache_info(subset.image_dir, entries)
+    return items
+
+
+def _find_image(key, image_dir):
+    bases = [key] if os.path.isabs(key) else []
+    if image_dir:
+        bases.append(os.path.join(image_dir, key))
+    for base in bases:
+        for candidate in [base] + [base + ext for ext in IMAGE_EXTENSIONS]:
+            if os.path.isfile(candidate):
+                return candidate
+    return None
+
+
+def _read_metadata(path):
+    text = read_text(path, "metadata_file")
+    try:
+        if path.lower().endswith(".jsonl"):
+            records = {}
+            for line in text.splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    records[record["image_path"]] = record
+            return records
+        return json.loads(text)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"metadata_file {path}: not valid {'JSONL with image_path' if path.endswith('l') else 'JSON'}"
+                        f" ({e})") from e
+
+
+def finetuning_items(subset):
+    metadata = _read_metadata(subset.metadata_file)
+    items = []
+    for key, record in metadata.items():
+        path = _find_image(key, subset.image_dir)
+        if path is None:
+            log.warning("%s: image for metadata key %r not found (image_dir %s); skipped", subset.source, key,
+                        subset.image_dir)
+            continue
+        caption, tags = record.get("caption"), record.get("tags")
+        if caption is None:
+            caption = tags or ""
+        elif tags:
+            sep = subset.caption_separator
+            lines = caption.split("\n") if subset.enable_wildcard else [caption]
+            caption = "\n".join(line + sep + " " + tags for line in lines)
+        size = tuple(record["image_size"]) if record.get("image_size") else image_size(path)
+        items.append(ImageItem(key, path, caption, subset, subset.num_repeats, False, size))
+    if not items:
+        raise UserError(f"{subset.source}: metadata_file {subset.metadata_file} lists no image that exists")
+    return items
+
+
+def split_for_validation(items, split, seed, want_validation):
+    if split <= 0:
+        return [] if want_validation else items
+    shuffled = items[:]
+    random.Random(seed).shuffle(shuffled)
+    cut = math.ceil(len(shuffled) * (1 - split))
+    return shuffled[cut:] if want_validation else shuffled[:cut]
+
+
+def balance_regularisation(train_items, reg_items):
+    """Register reg items round-robin, growing their repeats until they cover the train images x repeats."""
+    target = sum(item.num_repeats for item in train_items)
+    used, total, first_round = [], 0, True
+    if not reg_items:
+        return used
+    while total < target:
+        for item in reg_items:
+            if first_round:
+                used.append(item)
+                total += item.num_repeats
+            else:
+                item.num_repeats += 1
+                total += 1
+            if total >= target:
+                break
+        first_round = False
+    if len(used) < len(reg_items):
+        log.warning("%d regularisation image(s) are not used: there are more than the training images need",
+                    len(reg_items) - len(used))
+    return used
+
+
+def items_for_dataset(params, split="train", seed=0):
+    """All items of one DatasetParams, after the validation split and the reg balancing."""
+    train, reg = [], []
+    validation_seed = params.validation_seed if params.validation_seed is not None else seed
+    for subset in params.subsets:
+        if subset.kind == KIND_DREAMBOOTH:
+            items = dreambooth_items(subset)
+        elif subset.kind == KIND_FINETUNING:
+            items = finetuning_items(subset)
+        else:
+            raise UserError(f"{subset.source}: ControlNet subsets are not supported by this trainer")
+        if subset.is_reg:
+            reg += items
+            continue
+        train += split_for_validation(items, params.validation_split, validation_seed, split == "validation")
+    if split == "validation":
+        return train
+    return train + balance_regularisation(train, reg)
