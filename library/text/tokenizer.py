@@ -67,21 +67,47 @@ def load_clip_tokenizer(pad="eos"):
 
 
 def load_tokenizer_from_folder(path):
-    """A diffusers `tokenizer/` or `tokenizer_2/` folder (vocab.json + merges.txt + special tokens)."""
+    """A diffusers `tokenizer/` or `tokenizer_2/` folder: vocab.json + merges.txt (classic layout) or a
+    tokenizer.json (what transformers 5 writes), with its special tokens and padding."""
     from transformers import CLIPTokenizer
 
     path = os.fspath(path)
-    missing = [name for name in ("vocab.json", "merges.txt") if not os.path.isfile(os.path.join(path, name))]
-    if missing:
-        raise UserError(f"tokenizer folder {path} lacks {', '.join(missing)}; expected a diffusers tokenizer "
-                        "folder with vocab.json and merges.txt")
+    has_classic = all(os.path.isfile(os.path.join(path, name)) for name in ("vocab.json", "merges.txt"))
+    if not has_classic and not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        raise UserError(f"tokenizer folder {path} has neither vocab.json + merges.txt nor tokenizer.json; expected "
+                        "a diffusers tokenizer folder")
     try:
         tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
         raise UserError(f"cannot load the tokenizer in {path}: {e}") from e
     if tokenizer.model_max_length > 10**6:  # config without model_max_length: CLIP's context
         tokenizer.model_max_length = MODEL_MAX_LENGTH
     return tokenizer
+
+
+def save_tokenizer_folder(tokenizer, path):
+    """Write a diffusers tokenizer folder readable by old and new transformers: vocab.json, merges.txt,
+    special_tokens_map.json and tokenizer_config.json (classic layout) plus tokenizer.json. Added tokens (TI
+    token strings) are not part of the saved vocabulary."""
+    from ..fileio import atomic_write
+
+    os.makedirs(path, exist_ok=True)
+    tokenizer.save_pretrained(path)  # tokenizer.json + tokenizer_config.json
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    vocab = {token: index for token, index in model["vocab"].items() if index < VOCAB_SIZE}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
+               "unk_token": tokenizer.unk_token}
+    config = dict(special, model_max_length=tokenizer.model_max_length, do_lower_case=True,
+                  tokenizer_class="CLIPTokenizer")
+    files = {"vocab.json": json.dumps(vocab, ensure_ascii=False),
+             "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+             "special_tokens_map.json": json.dumps(special, indent=2),
+             "tokenizer_config.json": json.dumps(config, indent=2)}
+    for name, text in files.items():
+        with atomic_write(os.path.join(path, name)) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
 
 
 def pad_id(tokenizer):
