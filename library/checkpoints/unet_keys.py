@@ -9,6 +9,7 @@ import functools
 import json
 
 from ..errors import UserError
+from .renaming import PrefixRenamer
 
 _DEFAULT_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 _DEFAULT_UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
@@ -33,7 +34,6 @@ _RESNET_INNER = {
     "conv2": "out_layers.3",
     "conv_shortcut": "skip_connection",
 }
-_RESNET_INNER_REVERSED = {ldm: diff for diff, ldm in _RESNET_INNER.items()}
 
 
 def _has_attention(block_type):
@@ -100,58 +100,63 @@ def _block_table(config_key):
 
 
 @functools.lru_cache(maxsize=32)
-def _lookups(config_key):
-    table = _block_table(config_key)
-    # Longest prefix first, so `input_blocks.1.0` never shadows `input_blocks.10.0` (dot boundary below too).
-    to_ldm = sorted(table, key=lambda row: -len(row[0]))
-    to_diffusers = sorted(((ldm, diff, res) for diff, ldm, res in table), key=lambda row: -len(row[0]))
-    return to_ldm, to_diffusers
-
-
-def _split_prefix(name, rows):
-    for source, target, is_resnet in rows:
-        if name == source:
-            return target, "", is_resnet
-        if name.startswith(source + "."):
-            return target, name[len(source) + 1:], is_resnet
-    return None
-
-
-def _rename_inner(rest, renames):
-    """Rename the leading sub-module of `rest` (e.g. `in_layers.2.weight` -> `conv1.weight`)."""
-    if not rest:
-        return rest
-    for source in sorted(renames, key=len, reverse=True):
-        if rest == source or rest.startswith(source + "."):
-            return renames[source] + rest[len(source):]
-    return rest
-
-
-def _join(prefix, rest):
-    return f"{prefix}.{rest}" if rest else prefix
+def _renamer(config_key):
+    rows = [(diff, ldm, _RESNET_INNER if is_resnet else None) for diff, ldm, is_resnet in _block_table(config_key)]
+    return PrefixRenamer(rows)
 
 
 def diffusers_to_ldm_unet_key(name, unet_config):
     """diffusers UNet parameter name or module path -> LDM name (without `model.diffusion_model.`)."""
-    to_ldm, _ = _lookups(_config_key(unet_config))
-    found = _split_prefix(name, to_ldm)
+    found = _renamer(_config_key(unet_config)).forward(name)
     if found is None:
         raise UserError(f"UNet key '{name}' has no LDM equivalent for this UNet config "
                         f"(down_block_types {unet_config.get('down_block_types')})")
-    prefix, rest, is_resnet = found
-    if is_resnet:
-        rest = _rename_inner(rest, _RESNET_INNER)
-    return _join(prefix, rest)
+    return found
 
 
 def ldm_to_diffusers_unet_key(name, unet_config):
     """LDM UNet name (without `model.diffusion_model.`) or module path -> diffusers name."""
-    _, to_diffusers = _lookups(_config_key(unet_config))
-    found = _split_prefix(name, to_diffusers)
+    found = _renamer(_config_key(unet_config)).backward(name)
     if found is None:
         raise UserError(f"UNet key '{name}' has no diffusers equivalent for this UNet config "
                         f"(down_block_types {unet_config.get('down_block_types')})")
-    prefix, rest, is_resnet = found
-    if is_resnet:
-        rest = _rename_inner(rest, _RESNET_INNER_REVERSED)
-    return _join(prefix, rest)
+    return found
+
+
+def _is_projection_weight(name):
+    return ".attentions." in name and name.endswith(("proj_in.weight", "proj_out.weight"))
+
+
+def _fit_projection(name, array, unet_config):
+    """proj_in/proj_out are [C,C] (linear) or [C,C,1,1] (conv) by config; files of either kind load."""
+    if not _is_projection_weight(name):
+        return array
+    if unet_config.get("use_linear_projection", False):
+        return array.reshape(array.shape[:2]) if array.ndim == 4 else array
+    return array.reshape(tuple(array.shape) + (1, 1)) if array.ndim == 2 else array
+
+
+def ldm_to_diffusers_unet(tensors, unet_config):
+    """{LDM name (prefix stripped): array} -> ({diffusers name: array}, [LDM names that do not map])."""
+    renamer = _renamer(_config_key(unet_config))
+    converted, unmapped = {}, []
+    for name, array in tensors.items():
+        target = renamer.backward(name)
+        if target is None:
+            unmapped.append(name)
+            continue
+        converted[target] = _fit_projection(target, array, unet_config)
+    return converted, unmapped
+
+
+def diffusers_to_ldm_unet(tensors, unet_config):
+    """{diffusers name: array} -> ({LDM name (no prefix): array}, [diffusers names that do not map])."""
+    renamer = _renamer(_config_key(unet_config))
+    converted, unmapped = {}, []
+    for name, array in tensors.items():
+        target = renamer.forward(name)
+        if target is None:
+            unmapped.append(name)
+            continue
+        converted[target] = array
+    return converted, unmapped
