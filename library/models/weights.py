@@ -1,6 +1,6 @@
 """State dicts of Cells as {diffusers/transformers name: numpy array}."""
 import numpy as np
-from mindspore import Tensor
+from mindspore import Tensor, ops
 
 from ..errors import UserError
 
@@ -33,6 +33,19 @@ def load_state_dict(cell, tensors, strict=True, source="checkpoint"):
         raise UserError("\n  ".join(parts))
     for name, array in tensors.items():
         if name in params:
-            param = params[name]
-            param.set_data(Tensor(np.ascontiguousarray(array, dtype=np.float32)).astype(param.dtype))
+            assign_array(params[name], array)
     return missing, unexpected
+
+
+def assign_array(param, array):
+    """Write values into a Parameter so that already compiled graphs see them.
+
+    In MindSpore 2.10 `Parameter.set_data` after a graph using the parameter was compiled swaps the Python-side
+    tensor only: the compiled graph keeps reading the old memory. `ops.assign` writes in place. set_data is
+    still needed for a lazily initialised parameter (no memory yet).
+    """
+    value = Tensor(np.ascontiguousarray(array, dtype=np.float32)).astype(param.dtype)
+    if getattr(param, "has_init", False):
+        param.set_data(value)
+    else:
+        ops.assign(param, value)

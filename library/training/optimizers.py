@@ -181,8 +181,9 @@ def optimizer_state_params(optimizer):
 
 
 def set_learning_rates(optimizer, lrs):
+    # ops.assign, not set_data: the compiled step must see the new value (see models.weights.assign_array)
     for lr_param, value in zip(optimizer.lrs, lrs):
-        lr_param.set_data(Tensor(float(value), ms.float32))
+        ops.assign(lr_param, Tensor(np.array(value, np.float32)))
 
 
 def group_base_lrs(param_groups, lr):

@@ -10,9 +10,9 @@ import shutil
 import tempfile
 
 import numpy as np
-from mindspore import Tensor
 
 from ..errors import UserError
+from ..models.weights import assign_array
 from ..formats.safetensors_io import read_safetensors, write_safetensors
 
 STATE_FILE = "train_state.json"
@@ -86,7 +86,7 @@ def _assign(params, arrays, path, what):
     for name, p in params.items():
         if tuple(arrays[name].shape) != tuple(p.shape):
             raise UserError(f"--resume {path}: {name} has shape {arrays[name].shape}, this run needs {p.shape}")
-        p.set_data(Tensor(arrays[name]).astype(p.dtype))
+        assign_array(p, arrays[name])
 
 
 def prune_old(folder, pattern_prefix, keep):

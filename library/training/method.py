@@ -1,0 +1,94 @@
+"""What both training methods share: freezing the base model, the diffusion objective, step inputs, metadata.
+
+A method (textual inversion, LoRA) adds the trainable parameters, their groups and how they are saved.
+"""
+import datetime
+import os
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, Parameter
+
+from ..diffusion.schedule import NoiseSchedule
+from ..diffusion.training import DiffusionTargets
+from ..models.text_conditioning import TextConditioner
+from .objective import DiffusionObjective
+
+_ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
+                 "sdxl": "stable-diffusion-xl-v1-base"}
+
+
+class DiffusionMethod:
+    trainable = {}
+    loss_scale = None
+
+    def __init__(self, args, bundle):
+        self.args = args
+        self.bundle = bundle
+        self.spec = bundle.spec
+        self.sdxl = self.spec.family == "sdxl"
+        self.v_prediction = self.spec.prediction_type == "v_prediction"
+        if args.mixed_precision == "fp16":
+            # fp16 gradients of small values underflow; scale the loss (Ascend/GPU only: CPU stays fp32)
+            self.loss_scale = Parameter(Tensor(2.0 ** 16, ms.float32), name="loss_scale", requires_grad=False)
+
+    def freeze_all(self):
+        for cell in [self.bundle.unet, self.bundle.vae] + list(self.bundle.text_encoders):
+            for p in cell.get_parameters():
+                p.requires_grad = False
+
+    def build_objective(self):
+        args = self.args
+        num_chunks = {None: 1, 75: 1, 150: 2, 225: 3}.get(args.max_token_length, 1)
+        conditioner = TextConditioner(self.bundle.text_encoders, self.spec.family, args.clip_skip, num_chunks)
+        targets = DiffusionTargets(NoiseSchedule(), v_prediction=self.v_prediction,
+                                   min_snr_gamma=args.min_snr_gamma)
+        self.objective = DiffusionObjective(self.bundle.unet, conditioner, targets, self.sdxl)
+        if args.gradient_checkpointing:
+            self.bundle.unet.enable_gradient_checkpointing()
+            for encoder in self.bundle.text_encoders:
+                encoder.enable_gradient_checkpointing()
+
+    def param_groups(self, lr):
+        return [{"params": list(self.trainable.values()), "lr": lr}]
+
+    def step_inputs(self, batch, latents, noise, timesteps):
+        ids = batch["input_ids"]
+        ids1 = Tensor(np.asarray(ids[0], np.int32))
+        ids2 = Tensor(np.asarray(ids[1], np.int32)) if self.sdxl else ids1
+        b = latents.shape[0]
+        if self.sdxl:
+            time_ids = np.concatenate([np.asarray(batch["original_sizes_hw"]), np.asarray(batch["crop_top_lefts"]),
+                                       np.asarray(batch["target_sizes_hw"])], axis=1).astype(np.float32)
+        else:
+            time_ids = np.zeros((b, 6), np.float32)
+        weights = np.asarray(batch["loss_weights"], np.float32)
+        return (Tensor(latents), Tensor(noise), Tensor(timesteps.astype(np.int32)), Tensor(weights),
+                ids1, ids2, Tensor(time_ids))
+
+    def checkpoint_stem(self):
+        path = self.args.pretrained_model_name_or_path or ""
+        return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+
+    def modelspec_metadata(self, kind, title=None):
+        """SAI model-spec keys kohya writes into trained files (values are strings)."""
+        family = self.spec.family
+        architecture = _ARCHITECTURE[family]
+        if family == "sd2" and self.v_prediction:
+            architecture = "stable-diffusion-v2-768-v"
+        implementation = ("diffusers" if kind == "lora" and family != "sdxl"
+                          else "https://github.com/Stability-AI/generative-models")
+        resolution = self.spec.resolution
+        meta = {
+            "modelspec.sai_model_spec": "1.0.1",
+            "modelspec.architecture": f"{architecture}/{kind}",
+            "modelspec.implementation": implementation,
+            "modelspec.title": title or self.args.output_name,
+            "modelspec.date": datetime.datetime.now().replace(microsecond=0).isoformat(),
+            "modelspec.resolution": f"{resolution}x{resolution}",
+            "modelspec.prediction_type": "v" if self.v_prediction else "epsilon",
+            "modelspec.implementation_version": "sd-ms-trainer/0.1",
+        }
+        if self.args.clip_skip:
+            meta["modelspec.encoder_layer"] = str(self.args.clip_skip)
+        return meta
