@@ -1,0 +1,212 @@
+"""Items, reg balancing, batches, epoch reshuffle determinism, sharding, validation split, folder errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from library.config import blueprint_from_user_config
+from library.data import build_dataset_group
+from library.errors import UserError
+
+
+def make_folder(root, name, sizes, caption="a photo of mytoy", ext=".png"):
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    for i, size in enumerate(sizes):
+        color = ((37 * i) % 255, (91 * i) % 255, (53 * i + 20) % 255)
+        image = Image.new("RGB", size, color)
+        image.putpixel((0, 0), (255, 255, 255))  # make left/right flips distinguishable
+        image.save(os.path.join(folder, f"{name}_{i}{ext}"))
+        if caption is not None:
+            with open(os.path.join(folder, f"{name}_{i}.txt"), "w", encoding="utf-8") as f:
+                f.write(f"{caption}, tag{i}, extra{i}")
+    return folder
+
+
+def dummy_tokenize(captions):
+    ids = np.zeros((len(captions), 77), np.int32)
+    for row, caption in enumerate(captions):
+        ids[row, : len(caption.split()) + 2] = [49406] + [len(w) for w in caption.split()] + [49407]
+    return [ids]
+
+
+def build(tmp_path, dataset, subsets, general=None, seed=0, split="train", prior_loss_weight=None):
+    general = dict(general or {}, caption_extension=".txt")
+    config = {"general": general, "datasets": [dict(dataset, subsets=subsets)]}
+    args = None
+    if prior_loss_weight is not None:
+        import argparse
+
+        args = argparse.Namespace(prior_loss_weight=prior_loss_weight)
+    bp = blueprint_from_user_config(config, args, config_file=str(tmp_path / "c.toml"), support_dropout=True)
+    return build_dataset_group(bp, tokenize=dummy_tokenize, seed=seed, split=split)
+
+
+def test_reg_balancing_round_robin(tmp_path):
+    make_folder(tmp_path, "obj", [(32, 32)] * 3)
+    make_folder(tmp_path, "reg", [(32, 32)] * 4, caption="a photo of a toy")
+    group = build(tmp_path, {"resolution": 32}, [{"image_dir": "obj", "num_repeats": 5},
+                                                 {"image_dir": "reg", "is_reg": True}])
+    reg = [it.num_repeats for it in group.items if it.is_reg]
+    assert reg == [4, 4, 4, 3] and group.num_train_images == 15 and group.num_reg_images == 15
+
+    make_folder(tmp_path, "reg2", [(32, 32)] * 2)
+    group = build(tmp_path, {"resolution": 32}, [{"image_dir": "obj", "num_repeats": 5},
+                                                 {"image_dir": "reg2", "is_reg": True, "num_repeats": 2}])
+    # first round 2 + 2, then 11 single increments round-robin: 6 for the first image, 5 for the second
+    assert [it.num_repeats for it in group.items if it.is_reg] == [8, 7]
+
+    make_folder(tmp_path, "few", [(32, 32)] * 2)
+    group = build(tmp_path, {"resolution": 32}, [{"image_dir": "few"}, {"image_dir": "reg", "is_reg": True}])
+    assert [it.num_repeats for it in group.items if it.is_reg] == [1, 1]  # two reg images unused
+
+
+def test_batch_contents(tmp_path):
+    make_folder(tmp_path, "obj", [(48, 32), (32, 48), (64, 64)])
+    make_folder(tmp_path, "reg", [(32, 32)], caption="a photo of a toy")
+    group = build(tmp_path, {"resolution": 32, "batch_size": 2, "enable_bucket": True, "min_bucket_reso": 16,
+                             "max_bucket_reso": 64, "bucket_reso_steps": 16, "network_multiplier": 0.5},
+                  [{"image_dir": "obj"}, {"image_dir": "reg", "is_reg": True}], prior_loss_weight=0.25)
+    seen = 0
+    for i in range(len(group)):
+        batch = group[i]
+        count = len(batch["image_keys"])
+        assert batch["images"].dtype == np.float32 and batch["images"].shape[:2] == (count, 3)
+        assert batch["images"].min() >= -1.0 and batch["images"].max() <= 1.0
+        h, w = batch["images"].shape[2:]
+        assert (batch["target_sizes_hw"] == [h, w]).all()
+        assert batch["input_ids"][0].shape == (count, 77)
+        for j, key in enumerate(batch["image_keys"]):
+            expected = 0.25 if "/reg/" in key else 1.0
+            assert batch["loss_weights"][j] == expected
+            original = Image.open(key).size
+            assert tuple(batch["original_sizes_hw"][j]) == (original[1], original[0])
+        assert (batch["network_multipliers"] == 0.5).all()
+        assert batch["crop_top_lefts"].shape == (count, 2) and batch["flipped"].dtype == bool
+        seen += count
+    assert seen == group.num_train_images + group.num_reg_images
+
+
+def collect(group, epoch):
+    group.set_epoch(epoch)
+    return [group[i] for i in range(len(group))]
+
+
+def test_epoch_reshuffle_is_deterministic_and_resumable(tmp_path):
+    make_folder(tmp_path, "obj", [(32, 32)] * 6 + [(48, 32)] * 4)
+    spec = ({"resolution": 32, "batch_size": 2, "enable_bucket": True, "min_bucket_reso": 16,
+             "max_bucket_reso": 64, "bucket_reso_steps": 16},
+            [{"image_dir": "obj", "num_repeats": 2, "shuffle_caption": True, "flip_aug": True}])
+    straight = build(tmp_path, *spec, seed=5)
+    epochs = [collect(straight, e) for e in (1, 2, 3)]
+    resumed = build(tmp_path, *spec, seed=5)
+    resumed.set_epoch(3)
+    for i in (3, 0, len(resumed) - 1):
+        batch = resumed[i]
+        assert batch["image_keys"] == epochs[2][i]["image_keys"]
+        assert batch["captions"] == epochs[2][i]["captions"]
+        np.testing.assert_array_equal(batch["flipped"], epochs[2][i]["flipped"])
+        np.testing.assert_array_equal(batch["images"], epochs[2][i]["images"])
+    orders = [[tuple(b["image_keys"]) for b in epoch] for epoch in epochs]
+    assert orders[0] != orders[1] != orders[2]
+    for epoch in orders:  # every epoch covers each image num_repeats times
+        keys = [k for batch in epoch for k in batch]
+        assert len(keys) == 20 and all(keys.count(k) == 2 for k in set(keys))
+    other_seed = build(tmp_path, *spec, seed=6)
+    assert [tuple(b["image_keys"]) for b in collect(other_seed, 1)] != orders[0]
+
+
+def test_flip_uses_mirrored_pixels_and_flipped_crop(tmp_path):
+    make_folder(tmp_path, "obj", [(32, 32)] * 4)
+    group = build(tmp_path, {"resolution": 32, "batch_size": 4}, [{"image_dir": "obj", "flip_aug": True}], seed=1)
+    batch = group[0]
+    assert batch["flipped"].any() and not batch["flipped"].all()
+    for j, key in enumerate(batch["image_keys"]):
+        pixels = np.asarray(Image.open(key).convert("RGB")).astype(np.float32) / 127.5 - 1
+        expected = pixels[:, ::-1] if batch["flipped"][j] else pixels
+        np.testing.assert_allclose(batch["images"][j], expected.transpose(2, 0, 1), atol=1e-6)
+
+
+def test_shards_split_every_global_batch(tmp_path):
+    make_folder(tmp_path, "obj", [(32, 32)] * 5 + [(48, 32)] * 2)
+    spec = ({"resolution": 32, "batch_size": 2, "enable_bucket": True, "min_bucket_reso": 16,
+             "max_bucket_reso": 64, "bucket_reso_steps": 16}, [{"image_dir": "obj", "flip_aug": True}])
+    group = build(tmp_path, *spec, seed=3)
+    ranks = [group.shard(r, 2) for r in range(2)]
+    for part in ranks:
+        part.set_epoch(2)
+    assert len(ranks[0]) == len(ranks[1])
+    keys = []
+    for i in range(len(ranks[0])):
+        parts = [r[i] for r in ranks]
+        assert all(len(p["image_keys"]) == 2 for p in parts)  # short global batches are padded
+        assert parts[0]["images"].shape == parts[1]["images"].shape
+        keys += parts[0]["image_keys"] + parts[1]["image_keys"]
+    assert set(keys) == {it.key for it in group.items}
+    # the same global batches as one process with batch_size * world, with the same per-sample choices
+    wide = build(tmp_path, dict(spec[0], batch_size=4), spec[1], seed=3)
+    wide.set_epoch(2)
+    for i in range(len(wide)):
+        full = wide[i]
+        if len(full["image_keys"]) < 4:
+            continue
+        parts = [r[i] for r in ranks]
+        assert parts[0]["image_keys"] + parts[1]["image_keys"] == full["image_keys"]
+        assert list(parts[0]["flipped"]) + list(parts[1]["flipped"]) == list(full["flipped"])
+
+
+def test_no_bucket_mode_resizes_to_resolution(tmp_path):
+    make_folder(tmp_path, "obj", [(80, 64), (64, 96)])
+    group = build(tmp_path, {"resolution": 32, "batch_size": 2}, [{"image_dir": "obj"}])
+    assert len(group) == 1 and group[0]["images"].shape == (2, 3, 32, 32)
+
+
+def test_validation_split_disjoint_and_excludes_reg(tmp_path):
+    make_folder(tmp_path, "obj", [(32, 32)] * 6)
+    make_folder(tmp_path, "reg", [(32, 32)] * 2)
+    spec = ({"resolution": 32, "validation_split": 0.34, "validation_seed": 1},
+            [{"image_dir": "obj"}, {"image_dir": "reg", "is_reg": True}])
+    train = {it.key for it in build(tmp_path, *spec).items if not it.is_reg}
+    val_group = build(tmp_path, *spec, split="validation")
+    val = {it.key for it in val_group.items}
+    assert len(train) == 4 and len(val) == 2 and not train & val
+    assert not any(it.is_reg for it in val_group.items)
+
+
+def test_image_folder_errors(tmp_path):
+    os.makedirs(tmp_path / "empty" / "sub")
+    with pytest.raises(UserError) as info:
+        build(tmp_path, {"resolution": 32}, [{"image_dir": "empty"}])
+    assert "no images" in str(info.value) and "sub-folders" in str(info.value)
+    os.makedirs(tmp_path / "broken")
+    (tmp_path / "broken" / "x.PNG").write_bytes(b"not a png")
+    with pytest.raises(UserError) as info:
+        build(tmp_path, {"resolution": 32}, [{"image_dir": "broken"}])
+    assert "x.PNG" in str(info.value)
+
+
+def test_captions_class_tokens_cache_info_and_extensions(tmp_path):
+    folder = make_folder(tmp_path, "obj", [(32, 32), (32, 32)], caption=None, ext=".JPG")
+    Image.new("RGB", (40, 32)).save(os.path.join(folder, "extra.webp"))
+    with open(os.path.join(folder, "obj_0.txt"), "w", encoding="utf-8") as f:
+        f.write("own caption")
+    group = build(tmp_path, {"resolution": 32}, [{"image_dir": "obj", "class_tokens": "mytoy toy",
+                                                  "cache_info": True}])
+    captions = {os.path.basename(it.path): it.caption for it in group.items}
+    assert captions == {"obj_0.JPG": "own caption", "obj_1.JPG": "mytoy toy", "extra.webp": "mytoy toy"}
+    cache = json.load(open(os.path.join(folder, "metadata_cache.json"), encoding="utf-8"))
+    assert cache[os.path.join(folder, "extra.webp")] == {"caption": "mytoy toy", "resolution": [40, 32]}
+
+
+def test_finetuning_metadata_json_and_jsonl(tmp_path):
+    folder = make_folder(tmp_path, "ft", [(32, 32), (32, 32)], caption=None)
+    meta = {"ft_0": {"caption": "a photo", "tags": "red, toy"}, "ft_1.png": {"tags": "blue"}}
+    (tmp_path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    group = build(tmp_path, {"resolution": 32}, [{"image_dir": "ft", "metadata_file": "meta.json"}])
+    assert sorted(it.caption for it in group.items) == ["a photo, red, toy", "blue"]
+    lines = [{"image_path": os.path.join(folder, "ft_0.png"), "caption": "line caption"}]
+    (tmp_path / "meta.jsonl").write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
+    group = build(tmp_path, {"resolution": 32}, [{"metadata_file": "meta.jsonl"}])
+    assert [it.caption for it in group.items] == ["line caption"]
