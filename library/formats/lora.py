@@ -27,9 +27,12 @@ KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 PART_SUFFIXES = {".lora_down.weight": ".lora_down.weight", ".lora_up.weight": ".lora_up.weight",
                  ".lora_A.weight": ".lora_down.weight", ".lora_B.weight": ".lora_up.weight",
                  ".lora.down.weight": ".lora_down.weight", ".lora.up.weight": ".lora_up.weight",
-                 ".alpha": ".alpha"}
+                 ".alpha": ".alpha",
+                 # older diffusers attention-processor names: `...to_q_lora.down.weight`, `...lora_linear_layer.up...`
+                 ".down.weight": ".lora_down.weight", ".up.weight": ".lora_up.weight"}
+# LyCORIS and other module types, by the start of the part after the module name (kohya-style keys)
 UNSUPPORTED_PARTS = {"lora_mid": "LoCon/CP (lora_mid)", "hada_": "LoHa", "lokr_": "LoKr", "dora_scale": "DoRA",
-                     "oft_": "OFT", ".diff": "full-difference", "bundle_emb": "bundled embeddings (bundle_emb.*)"}
+                     "oft_": "OFT", "diff": "full-difference", "ia3": "IA3", "w_norm": "norm", "a1.": "GLoRA"}
 DIFFUSERS_COMPONENTS = {"unet.": "lora_unet", "text_encoder.": "lora_te", "text_encoder_2.": "lora_te2"}
 PICKLE_EXTENSIONS = (".pt", ".ckpt", ".bin")
 SAVE_PRECISIONS = {None: None, "float": None, "fp32": None, "fp16": "fp16", "bf16": "bf16"}
@@ -136,8 +139,8 @@ def _cast(array, save_precision):
     precision = SAVE_PRECISIONS[save_precision]
     if precision == "fp16":
         return array.astype(np.float16)
-    if precision == "bf16":
-        return Bf16Tensor.from_float32(array)
+    if precision == "bf16":  # (from_float32 makes 0-dim alphas 1-D; keep the shape)
+        return Bf16Tensor(Bf16Tensor.from_float32(array).bits.reshape(array.shape))
     return array
 
 
@@ -252,8 +255,14 @@ def normalize_lora_keys(tensors, metadata=None, source="LoRA file"):
     unsupported = {}
     stray = []
     for key in tensors:
+        if key.startswith("bundle_emb."):
+            unsupported.setdefault("bundled embeddings (bundle_emb.*)", key)
+            continue
+        if not key.startswith(KOHYA_PREFIXES):
+            continue
+        part = key.split(".", 1)[1] if "." in key else ""
         for marker, kind in UNSUPPORTED_PARTS.items():
-            if marker in key:
+            if part.startswith(marker) or (marker == "dora_scale" and key.endswith("dora_scale")):
                 unsupported.setdefault(kind, key)
     if unsupported:
         kinds = ", ".join(f"{kind} (e.g. {key})" for kind, key in unsupported.items())
