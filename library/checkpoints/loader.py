@@ -1,0 +1,214 @@
+"""Load a Stable Diffusion model (single file or diffusers folder) into a ModelBundle; save a single file.
+
+Everything a user can get wrong (path, format, layout, family, damaged file) ends in one UserError that
+names the file and, for weights that do not fit, the missing/unexpected keys (first few + counts).
+"""
+import os
+
+import numpy as np
+
+from ..errors import UserError
+from ..formats.safetensors_io import Bf16Tensor, read_safetensors, write_safetensors
+from ..models.weights import load_state_dict, state_dict
+from .detect import check_overrides, decide_prediction, detect_spec, resolve_model_config, with_prediction
+from .diffusers_folder import (TOKENIZER_FOLDERS, is_diffusers_folder, read_diffusers_components,
+                               spec_from_diffusers_folder)
+from .layout import VAE_PREFIX, join_single_file, split_single_file
+from .pickle_files import PICKLE_SUFFIXES, global_step_of, read_pickled_state_dict
+from .spec_metadata import spec_to_metadata
+from .unet_keys import diffusers_to_ldm_unet_key
+from .vae_keys import ldm_to_diffusers_vae, normalize_legacy_vae_names
+
+SHOWN_KEYS = 5
+SAVE_DTYPES = {"fp32": np.float32, "float": np.float32, "fp16": np.float16, "float16": np.float16,
+               "bf16": "bf16", "bfloat16": "bf16"}
+
+
+def read_single_file(path, allow_pickle=False):
+    """(tensors, metadata, global_step) of a `.safetensors` (validated header) or, with consent, a pickle."""
+    path = os.fspath(path)
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        tensors = read_pickled_state_dict(path, allow_pickle)
+        return tensors, {}, global_step_of(tensors)
+    if not path.lower().endswith(".safetensors"):
+        raise UserError(f"{path}: unknown checkpoint format; expected a .safetensors file, a diffusers folder "
+                        f"(with model_index.json or unet/config.json), or with --allow_unsafe_pickle a "
+                        f"{'/'.join(PICKLE_SUFFIXES)} file")
+    tensors, metadata = read_safetensors(path)
+    return tensors, metadata, None
+
+
+def _check_exists(path):
+    if not os.path.exists(path):
+        hint = ""
+        if "/" in path and not path.startswith((".", "/")) and path.count("/") == 1:
+            hint = " (downloading from the Hugging Face Hub is not supported: pass a local file or folder)"
+        raise UserError(f"checkpoint {path} does not exist{hint}")
+
+
+def load_model(path, model_config=None, v2=None, v_parameterization=None, sdxl=None, allow_pickle=False,
+               vae=None):
+    """ModelBundle with the weights of a single-file checkpoint or a diffusers folder.
+
+    model_config: one of our named specs or a diffusers folder (config.json files) for files whose shapes
+    match no known architecture. vae: a VAE file or folder that replaces the model's VAE.
+    """
+    from ..models.bundle import build_bundle
+
+    path = os.fspath(path)
+    _check_exists(path)
+    if os.path.isdir(path):
+        spec, components, unexpected = _read_folder(path, model_config, v2, v_parameterization, sdxl,
+                                                    allow_pickle)
+    else:
+        tensors, metadata, global_step = read_single_file(path, allow_pickle)
+        spec = detect_spec(tensors, path=path, metadata=metadata, model_config=model_config, v2=v2,
+                           v_parameterization=v_parameterization, sdxl=sdxl, global_step=global_step)
+        components, unexpected, _ = split_single_file(tensors, spec)
+        del tensors
+    bundle = build_bundle(spec, with_tokenizers=not os.path.isdir(path))
+    if os.path.isdir(path):
+        bundle.tokenizers = _folder_tokenizers(path, spec, bundle)
+    if vae is not None:
+        components["vae"] = read_vae(vae, spec, allow_pickle)
+        unexpected = [name for name in unexpected if not name.startswith(VAE_PREFIX)]
+    load_components(bundle, components, unexpected, source=path)
+    return bundle
+
+
+def _read_folder(path, model_config, v2, v_parameterization, sdxl, allow_pickle):
+    if not is_diffusers_folder(path):
+        raise UserError(f"{path} is a folder but not a diffusers model folder (no model_index.json or "
+                        "unet/config.json); pass a .safetensors file or a diffusers folder")
+    spec = resolve_model_config(model_config) if model_config is not None else spec_from_diffusers_folder(path)
+    check_overrides(spec.family, v2, sdxl, path)
+    spec = with_prediction(spec, decide_prediction(spec.family, None, v_parameterization, None,
+                                                   stored=spec.prediction_type))
+    return spec, read_diffusers_components(path, spec, allow_pickle), []
+
+
+def _folder_tokenizers(path, spec, bundle):
+    from ..models.bundle import build_tokenizers
+    from ..text.tokenizer import load_tokenizer_from_folder
+
+    defaults = build_tokenizers(spec)
+    tokenizers = []
+    for index, default in enumerate(defaults):
+        folder = os.path.join(path, TOKENIZER_FOLDERS[index])
+        tokenizers.append(load_tokenizer_from_folder(folder) if os.path.isdir(folder) else default)
+    return tokenizers
+
+
+def read_vae(vae_path, spec, allow_pickle=False):
+    """diffusers-named VAE tensors from a VAE single file (LDM names, with or without `first_stage_model.`),
+    a diffusers-named VAE file, a diffusers VAE folder (config.json + weights) or a whole diffusers folder."""
+    from .diffusers_folder import read_component
+
+    vae_path = os.fspath(vae_path)
+    _check_exists(vae_path)
+    if os.path.isdir(vae_path):
+        if os.path.isdir(os.path.join(vae_path, "vae")):  # a whole diffusers folder: take its VAE
+            return read_component(vae_path, "vae", allow_pickle)
+        return _vae_folder(vae_path, allow_pickle)
+    tensors, _, _ = read_single_file(vae_path, allow_pickle)
+    if any(name.startswith("encoder.down_blocks.") for name in tensors):  # already diffusers names
+        return normalize_legacy_vae_names(tensors)
+    bare = {(name[len(VAE_PREFIX):] if name.startswith(VAE_PREFIX) else name): value
+            for name, value in tensors.items()}
+    converted, unmapped = ldm_to_diffusers_vae(bare, spec.vae)
+    ignorable = [n for n in unmapped if n.startswith(("loss.", "model_ema.")) or "." not in n]
+    unmapped = [n for n in unmapped if n not in ignorable]
+    if not converted or unmapped:
+        raise UserError(f"--vae {vae_path}: not a VAE checkpoint for this model: {len(unmapped)} key(s) that are "
+                        f"not VAE weights, e.g. {', '.join(unmapped[:SHOWN_KEYS]) or '(no VAE keys at all)'}")
+    return converted
+
+
+def _vae_folder(folder, allow_pickle):
+    from .diffusers_folder import _read_weights, _weights_file
+
+    return normalize_legacy_vae_names(
+        _read_weights(_weights_file(folder, "diffusion_pytorch_model", allow_pickle), allow_pickle))
+
+
+def _fit_text_names(tensors, cell_names):
+    """Our text Cells use `text_model.`-prefixed names; adapt if a Cell ever names them without it."""
+    if any(n.startswith("text_model.") for n in cell_names):
+        return tensors
+    return {n[len("text_model."):] if n.startswith("text_model.") else n: v for n, v in tensors.items()}
+
+
+def _describe(label, names, to_file_name=None):
+    shown = [f"{n} ({to_file_name(n)})" if to_file_name else n for n in names[:SHOWN_KEYS]]
+    return f"{label}: {len(names)} missing key(s), e.g. {', '.join(shown)}"
+
+
+def load_components(bundle, components, unexpected=(), source="checkpoint"):
+    """Copy component tensors into the bundle's Cells after checking every name and shape (one UserError)."""
+    spec = bundle.spec
+    parts = [("UNet", bundle.unet, components["unet"]), ("VAE", bundle.vae, components["vae"])]
+    for index, encoder in enumerate(bundle.text_encoders):
+        tensors = components["text_encoders"][index] if index < len(components["text_encoders"]) else {}
+        parts.append((f"text encoder {index + 1}", encoder, tensors))
+    problems = []
+    fitted = []
+    for label, cell, tensors in parts:
+        expected = {n: tuple(p.shape) for n, p in cell.parameters_and_names() if ".adapters." not in f".{n}"}
+        if label.startswith("text encoder"):
+            tensors = _fit_text_names(tensors, expected)
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        mismatched = [f"{n}: file {tuple(np.shape(tensors[n]))} vs model {expected[n]}"
+                      for n in sorted(set(expected) & set(tensors)) if tuple(np.shape(tensors[n])) != expected[n]]
+        if missing:
+            to_file = (lambda n: "model.diffusion_model." + diffusers_to_ldm_unet_key(n, spec.unet)) \
+                if label == "UNet" else None
+            problems.append(_describe(label, missing, to_file))
+        if extra:
+            problems.append(f"{label}: {len(extra)} unexpected key(s), e.g. {', '.join(extra[:SHOWN_KEYS])}")
+        if mismatched:
+            problems.append(f"{label}: {len(mismatched)} shape mismatch(es), e.g. {'; '.join(mismatched[:3])}")
+        fitted.append((label, cell, tensors))
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) in the file, e.g. "
+                        f"{', '.join(list(unexpected)[:SHOWN_KEYS])}")
+    if problems:
+        raise UserError(f"{source} does not fit the {spec.name} ({spec.family}) model:\n  " + "\n  ".join(problems)
+                        + "\n  (wrong or damaged file? for an unusual architecture pass --model_config)")
+    for label, cell, tensors in fitted:
+        load_state_dict(cell, tensors, strict=True, source=f"{source} ({label})")
+
+
+def bundle_components(bundle):
+    """Per-component {name: np.ndarray} of a bundle, without adapters or textual-inversion rows."""
+    def weights(cell):
+        return {n: v for n, v in state_dict(cell).items() if not n.endswith(".new_rows")}
+    return {"unet": weights(bundle.unet), "vae": weights(bundle.vae),
+            "text_encoders": [weights(e) for e in bundle.text_encoders]}
+
+
+def _cast(tensors, save_dtype):
+    if save_dtype is None:
+        return tensors
+    if save_dtype not in SAVE_DTYPES:
+        raise UserError(f"--save_precision {save_dtype!r} is not supported; expected one of "
+                        f"{', '.join(sorted(SAVE_DTYPES))}")
+    target = SAVE_DTYPES[save_dtype]
+    out = {}
+    for name, array in tensors.items():
+        if not np.issubdtype(array.dtype, np.floating):
+            out[name] = array
+        elif target == "bf16":
+            out[name] = Bf16Tensor.from_float32(array)
+        else:
+            out[name] = array.astype(target)
+    return out
+
+
+def save_single_file(bundle, path, metadata=None, save_dtype=None):
+    """Write the bundle as one LDM/SGM-layout `.safetensors` (atomic), with our spec in the metadata."""
+    tensors = join_single_file(bundle_components(bundle), bundle.spec)
+    merged = {str(k): str(v) for k, v in (metadata or {}).items()}
+    merged.update(spec_to_metadata(bundle.spec))
+    write_safetensors(path, _cast(tensors, save_dtype), merged)
+    return path
