@@ -8,7 +8,7 @@ from library.errors import UserError
 from library.text import templates
 from library.text.tokenizer import load_clip_tokenizer
 from library.text.token_strings import (add_token_string, caption_transform, captions_mention_token, init_ids,
-                                        replace_token_string, token_strings)
+                                        missing_token_warning, replace_token_string, token_strings)
 
 
 @pytest.fixture
@@ -114,3 +114,15 @@ def test_caption_transform_without_template_expands_captions():
 def test_captions_mention_token():
     assert captions_mention_token(["a toy", "MyToy on a table"], "mytoy")
     assert not captions_mention_token(["a toy", "mytoys", None, ""], "mytoy")
+
+
+def test_missing_token_warning():
+    message = missing_token_warning(["a photo of a toy"], "mytoy")
+    assert "mytoy" in message and "--use_object_template" in message
+    assert missing_token_warning(["a photo of a toy"], "mytoy", template="object") is None
+    assert missing_token_warning(["a photo of mytoy"], "mytoy") is None
+
+
+def test_option_name_in_messages_for_gen_img(pair):
+    with pytest.raises(UserError, match="--textual_inversion_embeddings"):
+        add_token_string(pair, "cat", 2, option="--textual_inversion_embeddings")

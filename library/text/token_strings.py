@@ -25,41 +25,45 @@ def _as_list(tokenizers):
     return list(tokenizers) if isinstance(tokenizers, (list, tuple)) else [tokenizers]
 
 
-def _check_new(tokenizer, token):
+def _check_new(tokenizer, token, option):
     added = {t.lower() for t in tokenizer.get_added_vocab()}
     if token.lower() in added:
-        raise UserError(f"--token_string: {token!r} is already an added token of the tokenizer; "
+        raise UserError(f"{option}: {token!r} is already an added token of the tokenizer; "
                         "choose another token string")
     ids = tokenizer.encode(token, add_special_tokens=False)
     if len(ids) == 1 and ids[0] < VOCAB_SIZE:
-        raise UserError(f"--token_string: the CLIP vocabulary already has {token!r} as one token (id {ids[0]}); "
+        raise UserError(f"{option}: the CLIP vocabulary already has {token!r} as one token (id {ids[0]}); "
                         "training it would overwrite a word the model knows. Choose a new word, e.g. "
                         f"'{token}-ti' or '<{token}>'")
 
 
-def add_token_string(tokenizers, token_string, num_vectors):
-    """Add T, T1 .. T{N-1} to every tokenizer (same consecutive ids 49408.. on each); returns the ids."""
+def add_token_string(tokenizers, token_string, num_vectors, option="--token_string"):
+    """Add T, T1 .. T{N-1} to every tokenizer (same consecutive ids 49408.. on each); returns the ids.
+
+    `option` names the user's option in messages (gen_img passes "--textual_inversion_embeddings", where T is
+    an embedding file's stem). Nothing is added unless every tokenizer accepts every token.
+    """
     from transformers import AddedToken
 
     if not token_string or not token_string.strip() or re.search(r"\s", token_string):
-        raise UserError(f"--token_string must be one word without spaces, got {token_string!r}")
+        raise UserError(f"{option} must be one word without spaces, got {token_string!r}")
     if num_vectors < 1:
         raise UserError(f"--num_vectors_per_token must be >= 1, got {num_vectors}")
     tokens = token_strings(token_string, num_vectors)
     tokenizers = _as_list(tokenizers)
     for tokenizer in tokenizers:
         for token in tokens:
-            _check_new(tokenizer, token)
+            _check_new(tokenizer, token, option)
     result = None
     for tokenizer in tokenizers:
         start = len(tokenizer)
         added = tokenizer.add_tokens([AddedToken(t, single_word=True) for t in tokens])
         ids = tokenizer.convert_tokens_to_ids(tokens)
         if added != num_vectors or ids != list(range(start, start + num_vectors)):
-            raise UserError(f"--token_string: could not add {tokens} as consecutive new tokens "
+            raise UserError(f"{option}: could not add {tokens} as consecutive new tokens "
                             f"(added {added}, ids {ids})")
         if result is not None and ids != result:
-            raise UserError(f"--token_string: the tokenizers gave different ids to {tokens}: {result} vs {ids}; "
+            raise UserError(f"{option}: the tokenizers gave different ids to {tokens}: {result} vs {ids}; "
                             "they must have the same vocabulary size")
         result = ids
     return result
@@ -106,6 +110,16 @@ def captions_mention_token(captions, token_string):
     """True if at least one caption contains T as a whole word (False: TI would learn nothing)."""
     pattern = _whole_word(token_string)
     return any(pattern.search(caption or "") for caption in captions)
+
+
+def missing_token_warning(captions, token_string, template=None):
+    """kohya's most common silent failure: no caption names T and no template is used. Returns the warning
+    text to print, or None when all is well."""
+    if template is not None or captions_mention_token(captions, token_string):
+        return None
+    return (f"no caption contains the token string {token_string!r} as a word, so textual inversion would learn "
+            f"nothing: put it in the captions (e.g. 'a photo of {token_string}') or use --use_object_template / "
+            "--use_style_template / --learnable_property")
 
 
 def _pick(rng, count):
