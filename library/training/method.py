@@ -2,20 +2,16 @@
 
 A method (textual inversion, LoRA) adds the trainable parameters, their groups and how they are saved.
 """
-import datetime
 import os
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, Parameter
 
-from ..diffusion.schedule import NoiseSchedule
+from ..diffusion.schedule import make_schedule
 from ..diffusion.training import DiffusionTargets
 from ..models.text_conditioning import TextConditioner
 from .objective import DiffusionObjective
-
-_ARCHITECTURE = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512",
-                 "sdxl": "stable-diffusion-xl-v1-base"}
 
 
 class DiffusionMethod:
@@ -41,7 +37,8 @@ class DiffusionMethod:
         args = self.args
         num_chunks = {None: 1, 75: 1, 150: 2, 225: 3}.get(args.max_token_length, 1)
         conditioner = TextConditioner(self.bundle.text_encoders, self.spec.family, args.clip_skip, num_chunks)
-        targets = DiffusionTargets(NoiseSchedule(), v_prediction=self.v_prediction,
+        targets = DiffusionTargets(make_schedule(zero_terminal_snr=getattr(args, 'zero_terminal_snr', False)),
+                                   v_prediction=self.v_prediction,
                                    min_snr_gamma=args.min_snr_gamma)
         self.objective = DiffusionObjective(self.bundle.unet, conditioner, targets, self.sdxl)
         if args.gradient_checkpointing:
@@ -69,26 +66,3 @@ class DiffusionMethod:
     def checkpoint_stem(self):
         path = self.args.pretrained_model_name_or_path or ""
         return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
-
-    def modelspec_metadata(self, kind, title=None):
-        """SAI model-spec keys kohya writes into trained files (values are strings)."""
-        family = self.spec.family
-        architecture = _ARCHITECTURE[family]
-        if family == "sd2" and self.v_prediction:
-            architecture = "stable-diffusion-v2-768-v"
-        implementation = ("diffusers" if kind == "lora" and family != "sdxl"
-                          else "https://github.com/Stability-AI/generative-models")
-        resolution = self.spec.resolution
-        meta = {
-            "modelspec.sai_model_spec": "1.0.1",
-            "modelspec.architecture": f"{architecture}/{kind}",
-            "modelspec.implementation": implementation,
-            "modelspec.title": title or self.args.output_name,
-            "modelspec.date": datetime.datetime.now().replace(microsecond=0).isoformat(),
-            "modelspec.resolution": f"{resolution}x{resolution}",
-            "modelspec.prediction_type": "v" if self.v_prediction else "epsilon",
-            "modelspec.implementation_version": "sd-ms-trainer/0.1",
-        }
-        if self.args.clip_skip:
-            meta["modelspec.encoder_layer"] = str(self.args.clip_skip)
-        return meta

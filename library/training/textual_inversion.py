@@ -5,19 +5,20 @@ The encoders keep their frozen tables; each gets a small trainable [N, dim] Para
 is tiny. SDXL trains rows in both encoders (768 and 1280 wide) and saves them as `clip_l` / `clip_g`.
 """
 import numpy as np
-from mindspore import Tensor
 
 from ..errors import UserError
-from ..text.token_strings import add_token_string, init_ids
+from ..text.token_strings import init_ids
 from .method import DiffusionMethod
 
 
 class TextualInversion(DiffusionMethod):
-    def __init__(self, args, bundle):
+    def __init__(self, args, bundle, token_ids):
+        """token_ids: the ids `add_new_tokens` gave T, T1.. on bundle.tokenizers (added before the dataset is
+        built, so captions tokenize to them)."""
         super().__init__(args, bundle)
         self.token_string = args.token_string
         self.num_vectors = args.num_vectors_per_token
-        self.token_ids = add_token_string(bundle.tokenizers, self.token_string, self.num_vectors)
+        self.token_ids = token_ids
         rows = self._initial_rows(args)
         self.freeze_all()
         params = [encoder.set_new_token_rows(r) for encoder, r in zip(bundle.text_encoders, rows)]
@@ -44,9 +45,9 @@ class TextualInversion(DiffusionMethod):
         return rows
 
     def _rows_from_file(self, path):
-        from ..formats.embeddings import load_embedding, check_embedding_fits
+        from ..formats.embeddings import read_embedding, check_embedding_fits
 
-        embedding = load_embedding(path, allow_pickle=self.args.allow_unsafe_pickle)
+        embedding = read_embedding(path, allow_pickle=self.args.allow_unsafe_pickle)
         dims = [encoder.hidden_size for encoder in self.bundle.text_encoders]
         vectors = check_embedding_fits(embedding, self.spec.family, dims)
         rows = [np.asarray(v, np.float32) for v in vectors]
@@ -64,9 +65,10 @@ class TextualInversion(DiffusionMethod):
         return [encoder.new_token_rows() for encoder in self.bundle.text_encoders]
 
     def save(self, path, step, epoch):
-        from ..formats.embeddings import save_embedding
+        from ..formats.embeddings import save_embedding, modelspec_metadata
 
-        save_embedding(path, self.vectors(), family=self.spec.family, name=self.token_string, step=step,
-                       metadata=self.modelspec_metadata("textual-inversion"),
-                       save_precision=self.args.save_precision,
+        metadata = modelspec_metadata(self.spec.family, self.args.output_name, self.spec.resolution,
+                                      self.spec.prediction_type, self.args.clip_skip)
+        save_embedding(path, self.spec.family, self.vectors(), self.token_string, metadata=metadata,
+                       save_precision=self.args.save_precision or "fp32", step=step,
                        sd_checkpoint_name=self.checkpoint_stem())

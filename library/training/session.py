@@ -1,0 +1,141 @@
+"""Set-up steps both trainer CLIs take, in order: arguments, device, tokenizers, data, model, latents, samples."""
+import argparse
+import logging
+import os
+
+from ..errors import UserError
+from ..config.cli_args import add_dataset_arguments, add_config_file_arguments, load_config_file
+from ..config.args_file import write_config_file
+from .args import (add_model_arguments, add_training_arguments, add_optimizer_arguments, add_sample_arguments,
+                   normalise_warmup)
+
+log = logging.getLogger("sdms.training")
+
+
+def build_parser(description, support_dropout, add_method_arguments):
+    parser = argparse.ArgumentParser(description=description)
+    add_model_arguments(parser)
+    add_dataset_arguments(parser, support_dropout=support_dropout)
+    add_training_arguments(parser)
+    add_optimizer_arguments(parser)
+    add_sample_arguments(parser)
+    add_method_arguments(parser)
+    add_config_file_arguments(parser)
+    return parser
+
+
+def parse_arguments(parser, argv):
+    args = load_config_file(parser, argv)
+    if args.output_config:
+        if not args.config_file:
+            raise UserError("--output_config needs --config_file PATH to write to")
+        write_config_file(parser, args, args.config_file)
+        print(f"wrote {args.config_file}")
+        raise SystemExit(0)
+    if args.gradient_accumulation_steps < 1:
+        raise UserError(f"--gradient_accumulation_steps must be >= 1, got {args.gradient_accumulation_steps}")
+    if args.max_train_steps is not None and args.max_train_steps < 1 and not args.max_train_epochs:
+        raise UserError(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
+    if args.max_train_epochs is not None and args.max_train_epochs < 1:
+        raise UserError(f"--max_train_epochs must be >= 1, got {args.max_train_epochs}")
+    if args.learning_rate is not None and args.learning_rate < 0:
+        raise UserError(f"--learning_rate must be >= 0, got {args.learning_rate}")
+    if args.seed is None:
+        args.seed = int.from_bytes(os.urandom(3), "little")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return normalise_warmup(args)
+
+
+def setup_device(args):
+    from .. import device
+    from .distributed import init_world
+
+    target = device.setup(args.device, args.mode)
+    if target == "CPU" and args.mixed_precision != "no":
+        log.warning("--mixed_precision %s: the CPU has no fast fp16/bf16 kernels; training in fp32",
+                    args.mixed_precision)
+        args.mixed_precision = "no"
+    return init_world(target)
+
+
+def check_output_dir(args, default_name):
+    args.output_dir = args.output_dir or "output"
+    args.output_name = args.output_name or default_name
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--output_dir {args.output_dir}: cannot create it ({e.strerror})") from e
+    if not os.access(args.output_dir, os.W_OK):
+        raise UserError(f"--output_dir {args.output_dir}: not writable")
+
+
+def build_data(args, tokenizers, caption_hook, support_dropout, world):
+    from ..data.build import build_dataset_group, verify_bucket_reso_steps
+    from ..text.chunking import make_tokenize_fn
+
+    group = build_dataset_group(args, tokenize=make_tokenize_fn(tokenizers, args.max_token_length),
+                                seed=args.seed, caption_hook=caption_hook, support_dropout=support_dropout)
+    group.set_max_train_steps(args.max_train_steps)
+    if world.size > 1:
+        group = group.shard(world.rank, world.size)
+    return group
+
+
+def load_model(args):
+    """Model by path (single file or diffusers folder) or a named tiny preset (built and saved on first use)."""
+    from ..checkpoints.loader import load_model as load
+
+    path = resolve_pretrained_path(args.pretrained_model_name_or_path)
+    return load(path, model_config=args.model_config, v2=args.v2, v_parameterization=args.v_parameterization,
+                sdxl=args.sdxl, allow_pickle=args.allow_unsafe_pickle, vae=args.vae)
+
+
+TINY_MODEL_DIR = os.path.join("models")
+
+
+def resolve_pretrained_path(name):
+    """A path as given, or a named tiny preset (`tiny-sd15`, ...) saved as a single file under models/ on first
+    use and then loaded through the normal loader like any checkpoint."""
+    if not name:
+        raise UserError("--pretrained_model_name_or_path is required (a .safetensors file, a diffusers folder, "
+                        "or a tiny preset such as tiny-sd15)")
+    if os.path.exists(name):
+        return name
+    from ..models.configs import SPEC_NAMES as SPECS
+
+    if name in SPECS and name.startswith("tiny-"):
+        from ..checkpoints.tiny import ensure_tiny_checkpoint
+
+        return ensure_tiny_checkpoint(name, os.path.join(TINY_MODEL_DIR, f"{name}.safetensors"))
+    raise UserError(f"--pretrained_model_name_or_path {name}: no such file or folder (tiny presets: "
+                    f"{', '.join(s for s in SPECS if s.startswith('tiny-'))})")
+
+
+def make_latent_source(args, bundle, group):
+    """Latents for a batch: from the cache (memory or .npz) when --cache_latents, else encoded per batch."""
+    from .latents import LatentEncoder
+
+    encoder = LatentEncoder(bundle.vae, seed=args.seed, batch_size=args.vae_batch_size)
+    if args.cache_latents or args.cache_latents_to_disk:
+        from ..data.build import check_latent_caching_allowed
+        from ..data.latent_cache import cache_latents
+
+        check_latent_caching_allowed(group)
+        family = "sdxl" if bundle.spec.family == "sdxl" else "sd"
+        cache_latents(group, encoder, vae_batch_size=args.vae_batch_size, to_disk=args.cache_latents_to_disk,
+                      family=family, skip_cache_check=args.skip_cache_check)
+
+    def latents_for(batch):
+        if batch.get("latents") is not None:
+            return batch["latents"]
+        return encoder(batch["images"])
+    return latents_for
+
+
+def make_sample_fn(args, bundle, prompt_rewrite=None):
+    """Samples during training through gen_img's pipeline (same samplers, kohya's file names)."""
+    if not args.sample_prompts:
+        return None
+    from ..sampling.training_samples import TrainingSampler
+
+    return TrainingSampler(args, bundle, prompt_rewrite)

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Textual inversion for SD 1.x, SD 2.x and SDXL (kohya sd-scripts options and file formats, on MindSpore).
+
+    python train_textual_inversion.py --pretrained_model_name_or_path model.safetensors \
+        --dataset_config dataset.toml --token_string mytoy --init_word toy --num_vectors_per_token 4 \
+        --learning_rate 5e-3 --max_train_steps 1000 --output_dir output
+"""
+import library  # noqa: F401  (quiet MindSpore start-up)
+from library.errors import UserError, run_cli
+from library.training import session
+
+
+def add_textual_inversion_arguments(parser):
+    g = parser.add_argument_group("textual inversion")
+    g.add_argument("--token_string", "--placeholder_token", dest="token_string", type=str, default=None,
+                   help="the new word to learn; must not be a word the CLIP vocabulary already has")
+    g.add_argument("--init_word", "--initializer_token", dest="init_word", type=str, default=None,
+                   help="word(s) whose embeddings initialise the new vectors")
+    g.add_argument("--num_vectors_per_token", "--num_vectors", dest="num_vectors_per_token", type=int, default=1)
+    g.add_argument("--weights", type=str, default=None, help="start from an existing embedding file")
+    g.add_argument("--use_object_template", action="store_true", help="ignore captions; use object templates")
+    g.add_argument("--use_style_template", action="store_true", help="ignore captions; use style templates")
+    g.add_argument("--learnable_property", type=str, default=None, choices=["object", "style", "face"],
+                   help="diffusers/mindone name for the template flags (object, style, face)")
+    g.add_argument("--save_model_as", type=str, default="safetensors", choices=["safetensors", "pt", "ckpt"])
+
+
+def template_kind(args):
+    kinds = [k for k, on in (("object", args.use_object_template), ("style", args.use_style_template)) if on]
+    if args.learnable_property:
+        kinds.append(args.learnable_property)
+    if len(set(kinds)) > 1:
+        raise UserError("choose one of --use_object_template, --use_style_template, --learnable_property")
+    return kinds[0] if kinds else None
+
+
+def main(argv):
+    from library.text.token_strings import add_token_string, caption_transform, captions_mention_token
+    from library.training.loop import TrainingLoop, KeyboardInterruptSaved
+    from library.training.textual_inversion import TextualInversion
+
+    parser = session.build_parser("Train a textual-inversion embedding.", support_dropout=False,
+                                  add_method_arguments=add_textual_inversion_arguments)
+    args = session.parse_arguments(parser, argv)
+    if not args.token_string:
+        raise UserError("--token_string is required (the new word to learn, e.g. --token_string mytoy)")
+    if args.num_vectors_per_token < 1:
+        raise UserError(f"--num_vectors_per_token must be >= 1, got {args.num_vectors_per_token}")
+    if args.save_model_as == "ckpt":
+        args.save_model_as = "pt"
+    template = template_kind(args)
+    session.check_output_dir(args, default_name=args.token_string)
+    world = session.setup_device(args)
+
+    bundle = session.load_model(args)
+    token_ids = add_token_string(bundle.tokenizers, args.token_string, args.num_vectors_per_token)
+    hook = caption_transform(args.token_string, args.num_vectors_per_token, template)
+    data = session.build_data(args, bundle.tokenizers, hook, support_dropout=False, world=world)
+    if template is None and not captions_mention_token(
+            [item.caption for d in data.datasets for item in d.items], args.token_string):
+        print(f"warning: no caption contains the token string {args.token_string!r} and no template is used: "
+              "the embedding would learn nothing. Put it in the captions, or use --use_object_template / "
+              "--use_style_template.")
+    if args.debug_dataset:
+        from library.data.debug import print_debug_dataset
+
+        print(f"token ids of {args.token_string!r}: {token_ids}")
+        print_debug_dataset(data, tokenizer_decode=bundle.tokenizers[0].decode)
+        return 0
+
+    method = TextualInversion(args, bundle, token_ids)
+    latents = session.make_latent_source(args, bundle, data)
+    sample_fn = session.make_sample_fn(args, bundle, prompt_rewrite=hook if template is None else None)
+    loop = TrainingLoop(args, data, method, latents, bundle.spec, world, sample_fn)
+    try:
+        loop.run()
+    except KeyboardInterruptSaved as stop:
+        print(stop)
+        return 130
+    if world.is_main:
+        print(f"embedding: {loop.last_save}  (use the file name as the word in prompts; "
+              f"A1111: copy it into the embeddings folder)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
