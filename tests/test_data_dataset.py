@@ -118,6 +118,18 @@ def test_epoch_reshuffle_is_deterministic_and_resumable(tmp_path):
     assert [tuple(b["image_keys"]) for b in collect(other_seed, 1)] != orders[0]
 
 
+def test_caption_dropout_every_n_epochs_counts_kohya_epochs(tmp_path):
+    make_folder(tmp_path, "obj", [(32, 32)] * 2)
+    group = build(tmp_path, {"resolution": 32, "batch_size": 2},
+                  [{"image_dir": "obj", "caption_dropout_every_n_epochs": 2}], seed=None)
+    captions = []
+    for epoch in range(4):  # loop index; kohya's epochs 1..4, captions dropped in 2 and 4
+        group.set_epoch(epoch)
+        captions.append(group[0]["captions"])
+    assert [all(c == "" for c in caps) for caps in captions] == [False, True, False, True]
+    assert all(c.startswith("a photo of mytoy") for c in captions[0])
+
+
 def test_flip_uses_mirrored_pixels_and_flipped_crop(tmp_path):
     make_folder(tmp_path, "obj", [(32, 32)] * 4)
     group = build(tmp_path, {"resolution": 32, "batch_size": 4}, [{"image_dir": "obj", "flip_aug": True}], seed=1)

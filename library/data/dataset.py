@@ -1,9 +1,10 @@
 """One `[[datasets]]` entry as batches: items in aspect-ratio buckets, whole batches drawn from one bucket.
 
 Contract (docs/ARCHITECTURE.md item 9): `len(ds)` = batches per epoch, `ds[i]` -> batch dict, `ds.set_epoch(e)`
-(epochs count from 1, as kohya). The bucket contents and the batch order are shuffled from `seed + epoch`
-only, and every per-sample random choice (caption shuffle, flip, crop, colour) from (seed, epoch, batch index,
-position in the global batch), so a run resumed at epoch e, batch i sees exactly the batch an uninterrupted run
+with e = completed epochs (0 for the first, the training loop's index; kohya's 1-based epoch is e + 1 and is
+what `caption_dropout_every_n_epochs` counts). The bucket contents and the batch order are shuffled from
+`seed + e + 1` (kohya's `seed + current_epoch`) only, and every per-sample random choice (caption shuffle,
+flip, crop, colour) from (seed, epoch, batch index, position in the global batch), so a run resumed at epoch e, batch i sees exactly the batch an uninterrupted run
 sees, whatever was read before.
 
 Sharding: `ds.shard(rank, world)` returns a view whose batches are rank's slice of every global batch of
@@ -31,9 +32,9 @@ class ImageDataset:
         self.params = params
         self.items = items
         self.tokenize = tokenize
-        self.seed = int(seed)
+        self.seed = int(seed) if seed is not None else 0  # no --seed: still deterministic
         self.caption_hook = caption_hook
-        self.epoch = 1
+        self.epoch = 0
         self.step = 0
         self.max_train_steps = None
         self.rank, self.world = 0, 1
@@ -90,7 +91,7 @@ class ImageDataset:
     def _global_batches(self):
         if self._epoch_cache is not None and self._epoch_cache[0] == self.epoch:
             return self._epoch_cache[1]
-        rng = random.Random(self.seed + self.epoch)
+        rng = random.Random(self.seed + self.epoch + 1)
         size = self.params.batch_size * self.world
         batches = []
         for reso, indices in sorted(self.buckets.items()):
@@ -120,7 +121,7 @@ class ImageDataset:
 
     def _load_sample(self, item, reso, rng):
         subset = item.subset
-        caption = process_caption(subset, item.caption, rng, self.epoch, self.step, self.max_train_steps)
+        caption = process_caption(subset, item.caption, rng, self.epoch + 1, self.step, self.max_train_steps)
         if self.caption_hook is not None:
             caption = self.caption_hook(caption, rng)
         flipped = bool(subset.flip_aug and rng.random() < 0.5)

@@ -79,9 +79,9 @@ def print_debug_dataset(dataset, tokenizer_decode=None, max_batches=None, out=sy
     if interactive:
         print("keys: Enter/S next step, E next epoch, Q or Esc quit", file=out)
     shown = 0
-    for epoch in range(1, epochs + 1 if not interactive else 1 << 30):
+    for epoch in range(epochs if not interactive else 1 << 30):
         dataset.set_epoch(epoch)
-        print(f"epoch: {epoch}", file=out)
+        print(f"epoch: {epoch + 1}", file=out)
         for step in range(len(dataset)):
             if max_batches is not None and shown >= max_batches:
                 return shown

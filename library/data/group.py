@@ -1,14 +1,14 @@
 """Several `[[datasets]]` as one sequence of batches (kohya's DatasetGroup + DataLoader(shuffle=True)).
 
-The order of (dataset, batch) pairs is shuffled from `seed + epoch` too, so the whole group stays resumable."""
+The order of (dataset, batch) pairs is shuffled from `seed + epoch + 1` too (epoch from 0, see dataset.py), so the whole group stays resumable."""
 import random
 
 
 class DatasetGroup:
     def __init__(self, datasets, seed=0):
         self.datasets = list(datasets)
-        self.seed = int(seed)
-        self.epoch = 1
+        self.seed = int(seed) if seed is not None else 0
+        self.epoch = 0
         self._order_cache = None
 
     def set_epoch(self, epoch):
@@ -34,7 +34,7 @@ class DatasetGroup:
             return self._order_cache[1]
         order = [(d, i) for d, dataset in enumerate(self.datasets) for i in range(len(dataset))]
         if len(self.datasets) > 1:
-            random.Random(self.seed + self.epoch).shuffle(order)
+            random.Random(self.seed + self.epoch + 1).shuffle(order)
         self._order_cache = (self.epoch, order)
         return order
 
