@@ -129,9 +129,10 @@ SD_DOWN = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D
 SD_UP = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
 SDXL_DOWN = ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
 SDXL_UP = ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
-# Tiny SD1/SD2 keep a level with attention that also downsamples/upsamples and a last level without.
-TINY_SD_DOWN = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
-TINY_SD_UP = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+# Tiny SD1/SD2: one level with attention, a last level without (two levels keep graph compiles short;
+# tiny SDXL keeps three, so an up level with attention and an upsampler is still covered there).
+TINY_SD_DOWN = ["CrossAttnDownBlock2D", "DownBlock2D"]
+TINY_SD_UP = ["UpBlock2D", "CrossAttnUpBlock2D"]
 
 SDXL_TIME_EMBED_DIM = 256  # per size/crop scalar; 6 scalars -> 1536
 
@@ -186,7 +187,7 @@ TINY_OPENCLIP_B = _clip_text(64, 128, 3, 4, "gelu", projection_dim=64)
 def _tiny_sd15():
     return ModelSpec(
         name="tiny-sd15", family="sd1",
-        unet=_unet(sample_size=8, block_out_channels=(32, 64, 64), down_block_types=TINY_SD_DOWN,
+        unet=_unet(sample_size=8, block_out_channels=(32, 64), down_block_types=TINY_SD_DOWN,
                    up_block_types=TINY_SD_UP, attention_head_dim=8,
                    cross_attention_dim=TINY_CLIP_A["hidden_size"], use_linear_projection=False,
                    norm_num_groups=TINY_NORM_GROUPS),
@@ -198,8 +199,8 @@ def _tiny_sd15():
 def _tiny_sd21(v_prediction):
     return ModelSpec(
         name="tiny-sd21-v" if v_prediction else "tiny-sd21", family="sd2",
-        unet=_unet(sample_size=8, block_out_channels=(32, 64, 64), down_block_types=TINY_SD_DOWN,
-                   up_block_types=TINY_SD_UP, attention_head_dim=[2, 4, 4],
+        unet=_unet(sample_size=8, block_out_channels=(32, 64), down_block_types=TINY_SD_DOWN,
+                   up_block_types=TINY_SD_UP, attention_head_dim=[2, 4],
                    cross_attention_dim=TINY_OPENCLIP_A["hidden_size"], use_linear_projection=True,
                    norm_num_groups=TINY_NORM_GROUPS, upcast_attention=v_prediction),
         vae=_vae(TINY_VAE_CHANNELS, TINY_NORM_GROUPS, 64, SD_VAE_SCALING, False),
@@ -215,7 +216,7 @@ def _tiny_sdxl():
                    up_block_types=SDXL_UP, attention_head_dim=[2, 4, 4],
                    cross_attention_dim=TINY_CLIP_A["hidden_size"] + TINY_OPENCLIP_B["hidden_size"],
                    use_linear_projection=True, norm_num_groups=TINY_NORM_GROUPS,
-                   transformer_layers_per_block=[1, 2, 2], addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
+                   transformer_layers_per_block=[1, 1, 2], addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
                    projection_class_embeddings_input_dim=pooled + 6 * SDXL_TIME_EMBED_DIM),
         vae=_vae(TINY_VAE_CHANNELS, TINY_NORM_GROUPS, 64, SDXL_VAE_SCALING, True),
         text_encoders=[dict(TINY_CLIP_A), dict(TINY_OPENCLIP_B)], prediction_type="epsilon",
