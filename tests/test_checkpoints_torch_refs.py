@@ -90,3 +90,21 @@ def test_reference_models_follow_the_spec():
     assert isinstance(encoders[1], CLIPTextModelWithProjection) and isinstance(encoders[0], CLIPTextModel)
     state = numpy_state(unet)
     assert all(np.any(v != 0) for k, v in state.items() if v.size > 1), "every tensor must be random"
+
+
+def shape_only_components(spec):
+    """Components of a full-size spec without memory: torch builds on the meta device, every array is a
+    zero-strided view. Text-encoder q/k/v are left out (fusing them would allocate; shapes do not need them)."""
+    with torch.device("meta"):
+        unet, vae, encoders = (UNet2DConditionModel(**spec.unet), AutoencoderKL(**spec.vae),
+                               [(CLIPTextModelWithProjection if with_projection(spec.family, i) else CLIPTextModel)(
+                                   CLIPTextConfig(**c)) for i, c in enumerate(spec.text_encoders)])
+
+    def shapes(module):
+        return {n: np.broadcast_to(np.float16(0), tuple(v.shape)) for n, v in module.state_dict().items()}
+
+    def text(module):
+        return {n: v for n, v in with_text_model_prefix(shapes(module)).items()
+                if not n.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight",
+                                   "q_proj.bias", "k_proj.bias", "v_proj.bias"))}
+    return {"unet": shapes(unet), "vae": shapes(vae), "text_encoders": [text(e) for e in encoders]}
