@@ -222,3 +222,24 @@ def test_finetuning_metadata_json_and_jsonl(tmp_path):
     (tmp_path / "meta.jsonl").write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
     group = build(tmp_path, {"resolution": 32}, [{"metadata_file": "meta.jsonl"}])
     assert [it.caption for it in group.items] == ["line caption"]
+
+
+def test_training_metadata_as_kohya_writes_it(tmp_path):
+    from library.data import training_metadata
+
+    make_folder(tmp_path, "obj", [(32, 32)] * 3)
+    make_folder(tmp_path, "reg", [(32, 32)] * 2, caption="Toy")
+    group = build(tmp_path, {"resolution": 32, "batch_size": 2},
+                  [{"image_dir": "obj", "num_repeats": 2}, {"image_dir": "reg", "is_reg": True}])
+    meta = training_metadata(group)
+    assert meta["ss_num_train_images"] == "6" and meta["ss_num_reg_images"] == "6"
+    frequency = json.loads(meta["ss_tag_frequency"])
+    assert frequency["obj"]["a photo of mytoy"] == 3 and frequency["obj"]["tag0"] == 1
+    assert frequency["reg"]["toy"] == 2  # lower-cased tag text
+    assert json.loads(meta["ss_dataset_dirs"]) == {"obj": {"n_repeats": 2, "img_count": 3}}
+    (dataset,) = json.loads(meta["ss_datasets"])
+    assert dataset["is_dreambooth"] is True and dataset["resolution"] == [32, 32]
+    assert dataset["bucket_info"]["buckets"]["0"] == {"resolution": [32, 32], "count": 12}
+    assert [s["is_reg"] for s in dataset["subsets"]] == [False, True]
+    assert dataset["subsets"][1]["num_repeats"] == 1  # configured repeats; balancing changes the images'
+    assert dataset["subsets"][1]["img_count"] == 2

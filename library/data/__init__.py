@@ -10,9 +10,11 @@ from .dataset import ImageDataset
 from .debug import print_debug_dataset
 from .group import DatasetGroup
 from .latent_cache import cache_latents, latent_cache_path
+from .metadata import training_metadata
 
 __all__ = [
     "BucketSelector", "DatasetGroup", "ImageDataset", "build_dataset_group", "cache_latents",
     "check_latent_caching_allowed", "get_crop_ltrb", "latent_cache_path", "make_bucket_resolutions",
-    "print_debug_dataset", "process_caption", "read_caption_file", "verify_bucket_reso_steps",
+    "print_debug_dataset", "process_caption", "read_caption_file", "training_metadata",
+    "verify_bucket_reso_steps",
 ]
