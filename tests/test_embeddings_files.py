@@ -201,3 +201,15 @@ def test_diffusers_loads_our_sdxl_safetensors_the_documented_way(tmp_path):
         _Loader().load_textual_inversion(state[key], token="<xl-ti>", tokenizer=tokenizer, text_encoder=encoder)
         row = encoder.get_input_embeddings().weight.detach()[tokenizer.convert_tokens_to_ids("<xl-ti>")].numpy()
         np.testing.assert_array_equal(row, expected[0])
+
+
+def test_legacy_pt_goes_to_torch_or_explains_how_to_convert(tmp_path, monkeypatch):
+    path = tmp_path / "legacy.pt"
+    torch.save({"emb_params": _t(V768)}, str(path), _use_new_zipfile_serialization=False)
+    assert np.array_equal(read_embedding(path, allow_pickle=True).vectors["emb"], V768)
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # as on a machine without torch
+    with pytest.raises(UserError, match="needs PyTorch.*safetensors"):
+        read_embedding(path, allow_pickle=True)
+    ours = tmp_path / "ours.pt"
+    save_embedding_pt(ours, "sd1", [V768], "ours")  # zip files need no torch at all
+    assert np.array_equal(read_embedding(ours, allow_pickle=True).vectors["emb"], V768)

@@ -128,3 +128,41 @@ def test_torch_file_writer_loads_with_weights_only(tmp_path):
                                         "negative", "scale", "flag")} == {
             "string_to_token": {"*": 265}, "name": "mytoy", "step": 1500, "sd_checkpoint": None,
             "nested": [1, (2, "x"), {}], "big": 2**40, "negative": -7, "scale": 0.25, "flag": True}
+
+
+def test_torch_free_reader_matches_torch_save(tmp_path):
+    from library.formats.torch_zip import read_torch_file
+
+    v = torch.randn(3, 8)
+    path = tmp_path / "a.pt"
+    torch.save({"string_to_param": {"*": v}, "name": "x", "step": 3, "transposed": v.t(), "slice": v[1:, 2:5],
+                "bf16": v.bfloat16(), "param": torch.nn.Parameter(v), "scalar": torch.tensor(2.5),
+                "old": torch.nn.ParameterDict({"*": torch.nn.Parameter(v[:1])})}, str(path))
+    loaded = read_torch_file(path)
+    assert loaded["name"] == "x" and loaded["step"] == 3 and float(loaded["scalar"]) == 2.5
+    for key, expected in (("transposed", v.t()), ("slice", v[1:, 2:5]), ("bf16", v.bfloat16().float()),
+                          ("param", v)):
+        assert np.array_equal(loaded[key], expected.numpy()), key
+    assert np.array_equal(loaded["string_to_param"]["*"], v.numpy())
+    assert np.array_equal(loaded["old"]._parameters["*"], v[:1].numpy())
+
+
+class _Malicious:
+    marker = None
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_torch_free_reader_refuses_code_and_legacy_files(tmp_path):
+    from library.formats.torch_zip import UnsupportedTorchFile, read_torch_file
+
+    payload = _Malicious()
+    payload.marker = str(tmp_path / "created_by_pickle")
+    torch.save({"x": payload}, str(tmp_path / "evil.pt"))
+    with pytest.raises(UnsupportedTorchFile, match="open"):
+        read_torch_file(tmp_path / "evil.pt")
+    assert not (tmp_path / "created_by_pickle").exists()
+    torch.save({"x": torch.ones(2)}, str(tmp_path / "legacy.pt"), _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsupportedTorchFile, match="legacy"):
+        read_torch_file(tmp_path / "legacy.pt")

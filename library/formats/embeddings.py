@@ -3,7 +3,8 @@
 Read (A1111 order, first match wins): A1111 `{"string_to_param": {"*": [n, dim]}, ...}`; SDXL
 `{"clip_l": [n, 768], "clip_g": [n, 1280]}`; a dict with one tensor (kohya `{"emb_params": ...}`, diffusers
 `{"<token>": ...}`); a 1-D tensor is one vector. `.safetensors` is read with numpy; `.pt`/`.bin` are pickles and
-are read (with torch) only when the caller passes allow_pickle=True (CLI: `--allow_unsafe_pickle`).
+are read only when the caller passes allow_pickle=True (CLI: `--allow_unsafe_pickle`): first by a restricted
+torch-free reader, then by torch.load if torch is installed and the file needs more.
 The name of an embedding is its file stem (A1111 and kohya gen_img ignore a `name` inside the file).
 
 Write: `.safetensors` as kohya (`{"emb_params": [n, dim]}` SD1/SD2, `{"clip_l", "clip_g"}` SDXL, SAI model-spec
@@ -13,12 +14,13 @@ written without torch. Save precision fp32/fp16/bf16 (bf16 is stored as real bfl
 import dataclasses
 import datetime
 import os
+import zipfile
 
 import numpy as np
 
 from ..errors import UserError
 from .safetensors_io import Bf16Tensor, read_safetensors, write_safetensors
-from .torch_zip import write_torch_file
+from .torch_zip import UnsupportedTorchFile, read_torch_file, write_torch_file
 
 PICKLE_EXTENSIONS = (".pt", ".bin", ".ckpt")
 SDXL_KEYS = ("clip_l", "clip_g")
@@ -61,20 +63,28 @@ def read_embedding(path, allow_pickle=False):
 
 
 def _read_pickle(path, allow_pickle):
+    """Needs the user's consent. Tries the restricted torch-free reader first (it only builds containers,
+    scalars and arrays); files it cannot read go to torch.load when torch is installed."""
     if not allow_pickle:
         raise UserError(f"{path} is a pickle file (.pt/.bin), which can run arbitrary code when loaded. If you trust "
                         "it, pass --allow_unsafe_pickle; or convert it to .safetensors")
     try:
+        return read_torch_file(path)
+    except UnsupportedTorchFile as e:
+        reason = str(e)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot read {path}: {e}") from e
+    try:
         import torch
     except ImportError:
-        raise UserError(f"{path} is a pickle file and reading it needs PyTorch, which is not installed. Convert it "
-                        "to .safetensors where torch is available, e.g. python -c \"import torch; "
+        raise UserError(f"{path} needs PyTorch to be read ({reason}) and torch is not installed. Convert it to "
+                        ".safetensors where torch is available, e.g. python -c \"import torch; "
                         "from safetensors.torch import save_file; d = torch.load('in.pt'); "
                         "t = d['string_to_param']['*'] if 'string_to_param' in d else d; "
                         "save_file({'emb_params': t} if torch.is_tensor(t) else t, 'out.safetensors')\"") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - old A1111 files hold objects the safe loader refuses
+    except Exception:  # noqa: BLE001 - old files hold objects the safe loader refuses
         pass
     try:  # the user consented to unsafe pickles
         return torch.load(path, map_location="cpu", weights_only=False)

@@ -1,4 +1,5 @@
-"""Write PyTorch's `torch.save` zip format without torch, for A1111-style `.pt` embeddings.
+"""PyTorch's `torch.save` zip format without torch: write (A1111-style `.pt` embeddings) and read (a restricted
+unpickler that only builds dicts/lists/tuples/scalars and numpy arrays; anything else is refused).
 
 The format (torch >= 1.6): an uncompressed zip whose records live under one folder (`archive/`):
 `data.pkl` (pickle protocol 2 of the object; every tensor is a call to `torch._utils._rebuild_tensor_v2`
@@ -7,6 +8,9 @@ little-endian storage bytes, 64-byte aligned), `byteorder` and `version`. Only t
 need are supported: dict, list, tuple, str, int, float, bool, None and numpy arrays / Bf16Tensor. The result
 loads with `torch.load(path, weights_only=True)`.
 """
+import collections
+import io
+import pickle
 import struct
 import zipfile
 
@@ -82,13 +86,15 @@ class _PickleWriter:
 
     def _tensor(self, value):
         if isinstance(value, Bf16Tensor):
-            array, storage = np.ascontiguousarray(value.bits, dtype="<u2"), "BFloat16Storage"
+            # reshape: ascontiguousarray turns 0-dim arrays (LoRA alphas) into shape (1,)
+            array = np.ascontiguousarray(value.bits, dtype="<u2").reshape(np.shape(value.bits))
+            storage = "BFloat16Storage"
         else:
             array = np.asarray(value)
             little = array.dtype.newbyteorder("<") if array.dtype.itemsize > 1 else array.dtype
             if little not in STORAGE_TYPES:
                 raise TypeError(f"cannot write a {array.dtype} array into a torch file")
-            array, storage = np.ascontiguousarray(array, dtype=little), STORAGE_TYPES[little]
+            array, storage = np.ascontiguousarray(array, dtype=little).reshape(array.shape), STORAGE_TYPES[little]
         key = str(len(self.storages))
         self.storages.append((key, array.tobytes()))
         strides = tuple(int(np.prod(array.shape[i + 1:], dtype=np.int64)) for i in range(array.ndim))
@@ -138,3 +144,120 @@ def write_torch_file(path, obj):
             for key, data in writer.storages:
                 _write_record(archive, f"data/{key}", data, align=True)
             _write_record(archive, "version", b"3\n", align=False)
+
+
+# ---- reading --------------------------------------------------------------------------------------------------
+
+class UnsupportedTorchFile(Exception):
+    """The file uses something this reader does not build (legacy format, modules, custom classes)."""
+
+
+STORAGE_DTYPES = {name: dtype for dtype, name in STORAGE_TYPES.items()}
+STORAGE_DTYPES.update({"BFloat16Storage": np.dtype("<u2"), "CharStorage": np.dtype("i1"),
+                       "ShortStorage": np.dtype("<i2")})
+
+
+class _StorageType:
+    def __init__(self, name):
+        self.name = name
+
+
+class _ParameterDict(dict):
+    """Stands in for an old pickled torch ParameterDict: exposes `_parameters` like the real one."""
+
+    def __setstate__(self, state):
+        self._parameters = dict(state.get("_parameters", {}))
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+    array, is_bf16 = storage
+    itemsize = array.dtype.itemsize
+    if not size:
+        view = array[offset:offset + 1].reshape(())
+    else:
+        view = np.lib.stride_tricks.as_strided(array[offset:], shape=tuple(size),
+                                               strides=tuple(s * itemsize for s in stride))
+    view = np.array(view)  # own the memory, drop the strides
+    return (view.astype(np.uint32) << 16).view(np.float32) if is_bf16 else view
+
+
+def _rebuild_parameter(data, *unused):
+    return data
+
+
+def _rebuild_from_type(func, new_type, args, state):
+    return func(*args)
+
+
+def _reconstructor(cls, base, state):
+    if cls is not _ParameterDict:
+        raise UnsupportedTorchFile(f"cannot rebuild an object of {cls}")
+    return _ParameterDict()
+
+
+_ALLOWED = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
+    ("torch", "Tensor"): object,
+    ("torch.nn.parameter", "Parameter"): object,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch.nn.modules.container", "ParameterDict"): _ParameterDict,
+    ("copyreg", "_reconstructor"): _reconstructor,
+    ("builtins", "object"): object,
+    ("builtins", "set"): set,
+    ("__builtin__", "set"): set,  # protocol-2 pickles name builtins this way
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, data, load_storage):
+        super().__init__(io.BytesIO(data))
+        self._load_storage = load_storage
+
+    def find_class(self, module, name):
+        if module == "torch" and name in STORAGE_DTYPES:
+            return _StorageType(name)
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsupportedTorchFile(f"the file needs {module}.{name}") from None
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType)):
+            raise UnsupportedTorchFile(f"unexpected persistent id {pid!r:.80}")
+        return self._load_storage(pid[1].name, str(pid[2]))
+
+
+def read_torch_file(path):
+    """Load a torch.save zip file into dicts/lists/scalars and numpy arrays (bf16 becomes float32).
+
+    Raises UnsupportedTorchFile for anything beyond that (the legacy pre-1.6 format included); such files
+    need torch itself. Never imports or runs code named by the file.
+    """
+    if not zipfile.is_zipfile(path):
+        raise UnsupportedTorchFile("not a zip-format torch file (legacy format)")
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            raise UnsupportedTorchFile("no single <folder>/data.pkl record")
+        prefix = pickles[0][:-len("data.pkl")]
+        cache = {}
+
+        def load_storage(storage_name, key):
+            if key not in cache:
+                dtype = STORAGE_DTYPES[storage_name]
+                array = np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype=dtype)
+                cache[key] = (array, storage_name == "BFloat16Storage")
+            return cache[key]
+
+        try:
+            return _RestrictedUnpickler(archive.read(pickles[0]), load_storage).load()
+        except UnsupportedTorchFile:
+            raise
+        except (pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError, AttributeError) as e:
+            raise UnsupportedTorchFile(f"cannot unpickle: {e}") from e
