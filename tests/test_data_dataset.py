@@ -243,3 +243,25 @@ def test_training_metadata_as_kohya_writes_it(tmp_path):
     assert [s["is_reg"] for s in dataset["subsets"]] == [False, True]
     assert dataset["subsets"][1]["num_repeats"] == 1  # configured repeats; balancing changes the images'
     assert dataset["subsets"][1]["img_count"] == 2
+
+
+def test_alpha_mask_and_no_bucket_random_crop(tmp_path):
+    folder = tmp_path / "rgba"
+    folder.mkdir()
+    rgba = np.zeros((32, 48, 4), np.uint8)
+    rgba[:, :, 0] = np.arange(48, dtype=np.uint8)[None, :] * 5  # red ramp tells where the crop was taken
+    rgba[:, :24, 3] = 255  # left half opaque
+    Image.fromarray(rgba, "RGBA").save(folder / "a.png")
+    group = build(tmp_path, {"resolution": 32}, [{"image_dir": "rgba", "alpha_mask": True, "random_crop": True}])
+    offsets = set()
+    for epoch in range(6):
+        group.set_epoch(epoch)
+        batch = group[0]
+        assert batch["images"].shape == (1, 3, 32, 32) and batch["alpha_masks"].shape == (1, 32, 32)
+        red = np.rint((batch["images"][0, 0, 0] + 1) * 127.5).astype(int)
+        start = red[0] // 5
+        np.testing.assert_array_equal(red, (np.arange(32) + start) * 5)  # a window of the unresized image
+        expected_alpha = (np.arange(32) + start < 24).astype(np.float32)
+        np.testing.assert_array_equal(batch["alpha_masks"][0, 0], expected_alpha)
+        offsets.add(int(start))
+    assert len(offsets) > 1 and all(0 <= o <= 16 for o in offsets)

@@ -109,13 +109,10 @@ def _check_dataset(params, where):
 
 def _make_subset(raw, dataset, general, cli, kind, base_dir, where):
     levels = [raw, dataset, general, cli]
+    # subset-only keys (image_dir, is_reg, ...) cannot appear in dataset/general tables (the schema rejects
+    # them there), but like kohya a command-line flag such as --alpha_mask still applies to every subset
     values = {name: _first(name, levels, getattr(SubsetParams, name, None)) for name in SUBSET_FIELDS
               if name not in ("custom_attributes",)}
-    # distinct keys come only from the subset table itself
-    for name in ("image_dir", "metadata_file", "conditioning_data_dir", "is_reg", "alpha_mask"):
-        values[name] = raw.get(name, getattr(SubsetParams, name, None))
-    if values["alpha_mask"] is None:
-        values["alpha_mask"] = False
     values["custom_attributes"] = dict(_first("custom_attributes", levels[:3], {}) or {})
     if values["resize_interpolation"] is None:
         values["resize_interpolation"] = _first("resize_interpolation", [dataset, general, cli], None)
