@@ -138,6 +138,12 @@ def test_config_file_unknown_argument_suggests(tmp_path):
     config_file.write_text('[x]\nlearning_rat = 0.1\n', encoding="utf-8")
     with pytest.raises(UserError, match="did you mean `learning_rate`"):
         load_config_file(parser(), ["--config_file", str(config_file)])
+    # options of other tools (no near match) are ignored with a warning, the rest still applies
+    config_file.write_text('[x]\nxformers = true\nkeep_tokens = 2\n', encoding="utf-8")
+    args = load_config_file(parser(), ["--config_file", str(config_file)])
+    assert args.keep_tokens == 2 and not hasattr(args, "xformers")
+    with pytest.raises(UserError, match="--output_config needs --config_file"):
+        load_config_file(parser(), ["--output_config"])
 
 
 def test_output_config_writes_non_defaults_and_exits(tmp_path):

@@ -2,6 +2,7 @@
 the reader), the values become argparse defaults, so flags given explicitly on the command line win.
 `--output_config`: write the arguments that differ from the defaults to the `--config_file` path and exit."""
 import difflib
+import logging
 import os
 import sys
 
@@ -11,6 +12,7 @@ from ..errors import UserError
 from ..fileio import atomic_write
 from .loader import load_config_dict
 
+log = logging.getLogger("sdms.config")
 NOT_SAVED = ("config_file", "output_config", "wandb_api_key", "huggingface_token")
 
 
@@ -44,6 +46,8 @@ def _to_default(action, value):
 def load_config_file(parser, argv):
     args = parser.parse_args(argv)
     if not getattr(args, "config_file", None):
+        if getattr(args, "output_config", False):
+            raise UserError("--output_config needs --config_file <file.toml> (where to write the arguments)")
         return args
     path = _toml_path(args.config_file)
     if args.output_config:
@@ -51,13 +55,18 @@ def load_config_file(parser, argv):
         sys.exit(0)
     values = flatten_sections(load_config_dict(path, "--config_file"))
     actions = _destinations(parser)
-    defaults = {}
+    defaults, ignored = {}, []
     for key, value in values.items():
         if key not in actions:
-            close = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.6)
-            hint = f"did you mean `{close[0]}`?" if close else "it is not an option of this script"
-            raise UserError(f"--config_file {path}: unknown argument `{key}`; {hint}")
+            # a near miss is a typo; anything else is an option of another tool (kohya GUI files carry many)
+            close = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.8)
+            if close:
+                raise UserError(f"--config_file {path}: unknown argument `{key}`; did you mean `{close[0]}`?")
+            ignored.append(key)
+            continue
         defaults[key] = _to_default(actions[key], value)
+    if ignored:
+        log.warning("--config_file %s: ignoring %s (not options of this script)", path, ", ".join(ignored))
     parser.set_defaults(**defaults)
     return parser.parse_args(argv)
 
