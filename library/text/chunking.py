@@ -60,7 +60,9 @@ def _special_ids(tokenizer):
 
 def tokenize_chunks(tokenizer, texts, num_chunks):
     """Captions -> (B, 77*num_chunks) int32 ids (no weighting syntax: brackets are plain text, as in training)."""
-    rows = [layout_chunks(content_ids(tokenizer, text), num_chunks, *_special_ids(tokenizer))[0] for text in texts]
+    texts = list(texts)
+    batch = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+    rows = [layout_chunks(ids, num_chunks, *_special_ids(tokenizer))[0] for ids in batch]
     return np.asarray(rows, dtype=np.int32).reshape(len(texts), CHUNK_LENGTH * num_chunks)
 
 
