@@ -1,5 +1,6 @@
 """Dataset command-line options with kohya's names and defaults (train_util.add_dataset_arguments and the
-dataset-related training options), plus `--config_file` / `--output_config` (parsed by `load_config_file`, re-exported from args_file.py)."""
+dataset-related training options), plus `--config_file` / `--output_config` (parsed by `load_config_file`,
+re-exported from args_file.py)."""
 from .args_file import load_config_file  # noqa: F401  (part of this module's public interface)
 
 

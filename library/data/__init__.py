@@ -1,7 +1,8 @@
 """Data pipeline: subsets -> items, captions, buckets, images, batches, latent cache, --debug_dataset.
 
 Trainers call `build_dataset_group(args, tokenize=..., seed=..., caption_hook=..., support_dropout=...)`, then
-`group.set_epoch(e)` (e = completed epochs, from 0), `len(group)`, `group[i]` -> batch dict (docs/ARCHITECTURE.md item 9),
+`group.set_epoch(e)` (e = completed epochs, from 0), `len(group)`, `group[i]` -> batch dict
+(docs/ARCHITECTURE.md item 9),
 optionally `group.shard(rank, world)`, `cache_latents(group, encode, ...)` and `print_debug_dataset(group)`."""
 from .buckets import BucketSelector, get_crop_ltrb, make_bucket_resolutions
 from .build import build_dataset_group, check_latent_caching_allowed, verify_bucket_reso_steps

@@ -4,8 +4,8 @@ Contract (docs/ARCHITECTURE.md item 9): `len(ds)` = batches per epoch, `ds[i]` -
 with e = completed epochs (0 for the first, the training loop's index; kohya's 1-based epoch is e + 1 and is
 what `caption_dropout_every_n_epochs` counts). The bucket contents and the batch order are shuffled from
 `seed + e + 1` (kohya's `seed + current_epoch`) only, and every per-sample random choice (caption shuffle,
-flip, crop, colour) from (seed, epoch, batch index, position in the global batch), so a run resumed at epoch e, batch i sees exactly the batch an uninterrupted run
-sees, whatever was read before.
+flip, crop, colour) from (seed, epoch, batch index, position in the global batch), so a run resumed at epoch e,
+batch i sees exactly the batch an uninterrupted run sees, whatever was read before.
 
 Sharding: `ds.shard(rank, world)` returns a view whose batches are rank's slice of every global batch of
 `batch_size * world` items; a short last batch of a bucket is filled up by repeating its first items, so every

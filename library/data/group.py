@@ -1,6 +1,7 @@
 """Several `[[datasets]]` as one sequence of batches (kohya's DatasetGroup + DataLoader(shuffle=True)).
 
-The order of (dataset, batch) pairs is shuffled from `seed + epoch + 1` too (epoch from 0, see dataset.py), so the whole group stays resumable."""
+The order of (dataset, batch) pairs is shuffled from `seed + epoch + 1` too (epoch from 0, see dataset.py), so
+the whole group stays resumable."""
 import random
 
 

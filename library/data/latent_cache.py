@@ -61,7 +61,8 @@ def load_valid_npz(npz_path, item, downscale, skip_cache_check=False):
 
 
 def _cache_entry(data):
-    entry = {"latents": data["latents"].astype(np.float32), "original_size": tuple(int(v) for v in data["original_size"]),
+    entry = {"latents": data["latents"].astype(np.float32),
+             "original_size": tuple(int(v) for v in data["original_size"]),
              "crop_ltrb": tuple(float(v) for v in data["crop_ltrb"])}
     if "latents_flipped" in data:
         entry["latents_flipped"] = data["latents_flipped"].astype(np.float32)
