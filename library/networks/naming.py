@@ -24,6 +24,8 @@ class LoRATarget:
     layer: object  # the Linear / Conv2d
     part: str  # "unet" | "text_encoder"
     is_conv3x3: bool  # kernel > 1: uses conv_dim / conv_alpha
+    path: str = ""  # the layer's diffusers/transformers module path in its model
+    encoder_index: int = 0  # which text encoder (SDXL: 0 = CLIP-L, 1 = bigG)
 
 
 def text_encoder_prefixes(count):
@@ -63,14 +65,14 @@ def unet_targets(unet, unet_config, ldm_names, with_conv):
 
             name = _underscored(UNET_PREFIX, diffusers_to_ldm_unet_key(path, unet_config))
         is_conv3x3 = isinstance(layer, Conv2d) and layer.kernel_size != 1
-        targets.append(LoRATarget(name, alias, layer, "unet", is_conv3x3))
+        targets.append(LoRATarget(name, alias, layer, "unet", is_conv3x3, path))
     return targets
 
 
 def text_encoder_targets(text_encoders):
     targets = []
-    for prefix, encoder in zip(text_encoder_prefixes(len(text_encoders)), text_encoders):
+    for index, (prefix, encoder) in enumerate(zip(text_encoder_prefixes(len(text_encoders)), text_encoders)):
         for path, layer in _adaptable_children(encoder, TEXT_ENCODER_TARGETS):
             name = _underscored(prefix, path)
-            targets.append(LoRATarget(name, name, layer, "text_encoder", False))
+            targets.append(LoRATarget(name, name, layer, "text_encoder", False, path, index))
     return targets

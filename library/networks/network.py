@@ -93,6 +93,7 @@ class LoRANetwork:
             if target.lora_name in self.aliases:
                 raise ValueError(f"duplicate LoRA module name {target.lora_name}")
             module = LoRAModule(target.lora_name, target.layer, dim, alpha, **module_kwargs)
+            module.module_path, module.encoder_index = target.path, target.encoder_index
             (self.unet_loras if target.part == "unet" else self.text_encoder_loras).append(module)
             self.aliases[target.lora_name] = module
             self.aliases.setdefault(target.alias, module)
