@@ -265,3 +265,30 @@ def test_alpha_mask_and_no_bucket_random_crop(tmp_path):
         np.testing.assert_array_equal(batch["alpha_masks"][0, 0], expected_alpha)
         offsets.add(int(start))
     assert len(offsets) > 1 and all(0 <= o <= 16 for o in offsets)
+
+
+def test_sdxl_crop_top_left_follows_flip(tmp_path):
+    make_folder(tmp_path, "tall", [(96, 160)])
+    group = build(tmp_path, {"resolution": 64}, [{"image_dir": "tall", "flip_aug": True}])
+    seen = {}
+    for epoch in range(8):
+        group.set_epoch(epoch)
+        batch = group[0]
+        seen[bool(batch["flipped"][0])] = tuple(batch["crop_top_lefts"][0])
+        assert tuple(batch["original_sizes_hw"][0]) == (160, 96) and tuple(batch["target_sizes_hw"][0]) == (64, 64)
+    # fitted inside 64x64 by height: width 38.4, left = (64 - 38.4) // 2 = 12, right = 50.4; flipped left 13.6
+    assert seen == {False: (0, 12), True: (0, 13)}
+
+
+def test_color_aug_is_seeded_and_keeps_shape():
+    import random
+
+    from library.data.images import color_aug
+
+    rgb = np.random.default_rng(0).integers(0, 255, size=(8, 8, 3), dtype=np.uint8)
+    outputs = [color_aug(rgb, random.Random(s)) for s in range(30)]
+    assert all(o.shape == rgb.shape and o.dtype == np.uint8 for o in outputs)
+    changed = [not np.array_equal(o, rgb) for o in outputs]
+    assert any(changed) and not all(changed)  # applied with probability about 1/3
+    np.testing.assert_array_equal(color_aug(rgb, random.Random(4)), outputs[4])
+    assert max(np.abs(o.astype(int) - rgb).mean() for o in outputs) < 40  # weak augmentation
