@@ -176,6 +176,14 @@ def test_folder_round_trip_classic_and_tokenizer_json(tmp_path, pad):
     assert len(classic) == 49408
 
 
+def test_saved_folder_leaves_out_added_tokens(tmp_path):
+    tokenizer = tk.load_clip_tokenizer("!")
+    tokenizer.add_tokens(["zqxtoken"])
+    tk.save_tokenizer_folder(tokenizer, tmp_path)
+    loaded = tk.load_tokenizer_from_folder(tmp_path)
+    assert len(loaded) == 49408 and loaded.pad_token_id == 0
+
+
 def test_folder_without_files_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="vocab.json"):
         tk.load_tokenizer_from_folder(tmp_path)

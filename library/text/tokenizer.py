@@ -87,17 +87,21 @@ def load_tokenizer_from_folder(path):
 
 def save_tokenizer_folder(tokenizer, path):
     """Write a diffusers tokenizer folder readable by old and new transformers: vocab.json, merges.txt,
-    special_tokens_map.json and tokenizer_config.json (classic layout) plus tokenizer.json. Added tokens (TI
-    token strings) are not part of the saved vocabulary."""
+    special_tokens_map.json, tokenizer_config.json (classic layout) and tokenizer.json. Added tokens (TI token
+    strings) are left out of every file, so the folder matches an unextended text encoder."""
+    from transformers import CLIPTokenizer
+
     from ..fileio import atomic_write
 
-    os.makedirs(path, exist_ok=True)
-    tokenizer.save_pretrained(path)  # tokenizer.json + tokenizer_config.json
     model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
     vocab = {token: index for token, index in model["vocab"].items() if index < VOCAB_SIZE}
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    special = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token,
-               "unk_token": tokenizer.unk_token}
+    special = {"bos_token": str(tokenizer.bos_token), "eos_token": str(tokenizer.eos_token),
+               "pad_token": str(tokenizer.pad_token), "unk_token": str(tokenizer.unk_token)}
+    base = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges],
+                         model_max_length=tokenizer.model_max_length, **special)
+    os.makedirs(path, exist_ok=True)
+    base.save_pretrained(path)  # tokenizer.json + tokenizer_config.json
     config = dict(special, model_max_length=tokenizer.model_max_length, do_lower_case=True,
                   tokenizer_class="CLIPTokenizer")
     files = {"vocab.json": json.dumps(vocab, ensure_ascii=False),
