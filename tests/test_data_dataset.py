@@ -292,3 +292,27 @@ def test_color_aug_is_seeded_and_keeps_shape():
     assert any(changed) and not all(changed)  # applied with probability about 1/3
     np.testing.assert_array_equal(color_aug(rgb, random.Random(4)), outputs[4])
     assert max(np.abs(o.astype(int) - rgb).mean() for o in outputs) < 40  # weak augmentation
+
+
+def test_face_crop_centres_the_face_without_buckets(tmp_path):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[80:120, 180:220] = 255  # a white "face" 40x40 centred at (200, 100)
+    Image.fromarray(image).save(folder / "person_200_100_40_40.png")
+    (folder / "person.txt").write_text("a photo of a person", encoding="utf-8")
+    group = build(tmp_path, {"resolution": 64}, [{"image_dir": "faces", "face_crop_aug_range": [1.0, 2.0]}])
+    assert group.items[0].caption == "a photo of a person"  # caption of the name without the face box
+    for epoch in range(4):
+        group.set_epoch(epoch)
+        batch = group[0]
+        assert batch["images"].shape == (1, 3, 64, 64)
+        white = batch["images"][0, 0] > 0.5
+        ys, xs = np.nonzero(white)
+        assert white.sum() > 64  # the face is inside the crop, reasonably large
+        assert abs(ys.mean() - 32) < 8 and abs(xs.mean() - 32) < 8
+        assert tuple(batch["crop_top_lefts"][0]) == (0, 0)
+    with pytest.raises(UserError, match="face_crop_aug_range cannot be used with --cache_latents"):
+        from library.data import cache_latents
+
+        cache_latents(group, lambda x: x, log=None)

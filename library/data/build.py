@@ -24,8 +24,9 @@ def build_dataset_group(source, *, tokenize=None, seed=0, caption_hook=None, spl
     datasets = []
     for params in blueprint.datasets:
         for subset in params.subsets:
-            if subset.face_crop_aug_range is not None:
-                raise UserError(f"{subset.source}: face_crop_aug_range is not supported yet; remove it")
+            if subset.face_crop_aug_range is not None and params.enable_bucket:
+                log.warning("%s: face_crop_aug_range is ignored when enable_bucket is on (as in kohya)",
+                            subset.source)
         items = items_for_dataset(params, split=split, seed=seed)
         if not items:
             if split == "validation":
@@ -50,6 +51,9 @@ def check_latent_caching_allowed(group):
     """kohya: "when caching latents, either color_aug or random_crop cannot be used"."""
     for dataset in group.datasets:
         for subset in dataset.params.subsets:
+            if subset.face_crop_aug_range is not None and not dataset.params.enable_bucket:
+                raise UserError(f"{subset.source}: face_crop_aug_range cannot be used with --cache_latents / "
+                                f"--cache_latents_to_disk (each sample is a new crop); turn off one of them")
             for key in ("color_aug", "random_crop"):
                 if getattr(subset, key):
                     raise UserError(f"{subset.source}: {key} cannot be used with --cache_latents / "

@@ -17,6 +17,7 @@ import numpy as np
 
 from .buckets import BucketSelector
 from .captions import process_caption
+from .face_crop import face_box_from_name, face_crop
 from .images import color_aug, crop_like, load_image, to_chw_tensor, trim_and_resize
 
 
@@ -134,10 +135,19 @@ class ImageDataset:
         else:
             rgb, alpha = load_image(item.path, with_alpha=True)
             interpolation = subset.resize_interpolation
-            rgb, original_size, crop_ltrb, offsets = trim_and_resize(
-                rgb, reso, item.resized_size, rng, subset.random_crop, interpolation)
-            if subset.alpha_mask:
-                alpha = crop_like(alpha, reso, item.resized_size, offsets, interpolation)
+            face = face_box_from_name(item.path) if self._face_crop(subset) else None
+            if face is not None:
+                # kohya: the face crop replaces resize + crop; the window is the whole conditioning image
+                rgba = np.dstack([rgb, np.rint(alpha * 255).astype(np.uint8)])
+                rgba = face_crop(rgba, reso, face, subset.face_crop_aug_range, rng, subset.random_crop,
+                                 interpolation)
+                rgb, alpha = np.ascontiguousarray(rgba[:, :, :3]), rgba[:, :, 3].astype(np.float32) / 255.0
+                original_size, crop_ltrb = tuple(reso), (0, 0, reso[0], reso[1])
+            else:
+                rgb, original_size, crop_ltrb, offsets = trim_and_resize(
+                    rgb, reso, item.resized_size, rng, subset.random_crop, interpolation)
+                if subset.alpha_mask:
+                    alpha = crop_like(alpha, reso, item.resized_size, offsets, interpolation)
             if subset.color_aug:
                 rgb = color_aug(rgb, rng)
             if flipped:
@@ -150,6 +160,9 @@ class ImageDataset:
         sample["crop_top_left"] = (int(crop_ltrb[1]), int(left))
         sample["original_size_hw"] = (int(original_size[1]), int(original_size[0]))
         return sample
+
+    def _face_crop(self, subset):
+        return subset.face_crop_aug_range is not None and not self.params.enable_bucket
 
     def __getitem__(self, index):
         if index < 0 or index >= len(self):

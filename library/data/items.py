@@ -21,6 +21,7 @@ from ..config.params import KIND_DREAMBOOTH, KIND_FINETUNING, SubsetParams
 from ..errors import UserError
 from ..fileio import atomic_write
 from .captions import read_caption_file
+from .face_crop import face_box_from_name
 from .images import image_size, list_images
 
 log = logging.getLogger("sdms.data")
@@ -75,6 +76,10 @@ def dreambooth_items(subset):
         else:
             stem = os.path.splitext(path)[0]
             caption, size = read_caption_file(stem + subset.caption_extension, subset.enable_wildcard), None
+            if caption is None and subset.face_crop_aug_range is not None and face_box_from_name(path):
+                # kohya: `name_cx_cy_w_h.png` may share `name.<caption_extension>`
+                base = "_".join(stem.split("_")[:-4])
+                caption = read_caption_file(base + subset.caption_extension, subset.enable_wildcard)
         if caption is None:
             caption = subset.class_tokens
             if caption is None:
