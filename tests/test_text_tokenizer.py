@@ -187,3 +187,25 @@ def test_saved_folder_leaves_out_added_tokens(tmp_path):
 def test_folder_without_files_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="vocab.json"):
         tk.load_tokenizer_from_folder(tmp_path)
+
+
+def _added(content):
+    return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": True, "rstrip": False,
+            "single_word": False}
+
+
+def test_old_style_sd2_folder_pads_with_exclamation_mark(tmp_path):
+    """Classic diffusers files: AddedToken dicts in tokenizer_config.json, pad "!" in special_tokens_map.json."""
+    vocab, merges = tk.vocab_and_merges()
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "add_prefix_space": False, "bos_token": _added("<|startoftext|>"), "do_lower_case": True,
+        "eos_token": _added("<|endoftext|>"), "errors": "replace", "model_max_length": 77,
+        "pad_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer", "unk_token": _added("<|endoftext|>")}))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": _added("<|startoftext|>"), "eos_token": _added("<|endoftext|>"), "pad_token": "!",
+        "unk_token": _added("<|endoftext|>")}))
+    tokenizer = tk.load_tokenizer_from_folder(tmp_path)
+    ids = tokenizer("a photo of a cat", padding="max_length", max_length=9)["input_ids"]
+    assert ids == [49406, 320, 1125, 539, 320, 2368, 49407, 0, 0] and tokenizer.model_max_length == 77
