@@ -216,7 +216,8 @@ class LoRANetwork:
             lr = default_lr if lr is None else lr
             plain = [p for m in modules for p in (m.trainable() if ratio is None else [m.lora_down.weight])]
             plus = [m.lora_up.weight for m in modules] if ratio is not None else []
-            for params, group_lr, suffix in ((plain, lr, ""), (plus, None if lr is None else lr * ratio, " plus")):
+            plus_lr = lr * ratio if lr is not None and ratio is not None else None
+            for params, group_lr, suffix in ((plain, lr, ""), (plus, plus_lr, " plus")):
                 if params and group_lr:
                     groups.append({"params": params, "lr": float(group_lr)})
                     labels.append(label + suffix)
