@@ -98,7 +98,7 @@ def test_finetuning_subset_requires_metadata_file_only():
     clean = sanitize({"datasets": [{"subsets": [{"metadata_file": "m.json"}]}]})
     assert clean["datasets"][0]["_kind"] == "finetuning"
     text = error_text({"datasets": [{"subsets": [{"metadata_file": "m.json", "is_reg": True}]}]})
-    assert "datasets[0].subsets[0].is_reg" in text
+    assert "datasets[0].subsets[0].is_reg" in text and "only valid in a DreamBooth subset" in text
 
 
 def test_several_problems_in_one_message():

@@ -80,7 +80,7 @@ class ConfigSanitizer:
             return {}
         body = {k: v for k, v in raw.items() if k != "subsets"}
         keys = {k: v for k, v in self.schemas.dataset_keys(kind).items() if k != "subsets"}
-        dataset = self._check_table(body, where, keys, "[[datasets]]", problems) or {}
+        dataset = self._check_table(body, where, keys, "[[datasets]]", problems, kind) or {}
         dataset["subsets"] = []
         for j, raw_subset in enumerate(raw_subsets):
             sub_where = where + ["subsets", j]
@@ -88,19 +88,19 @@ class ConfigSanitizer:
                 problems.append((format_path(sub_where), "expected a table ([[datasets.subsets]])"))
                 continue
             subset = self._check_table(raw_subset, sub_where, self.schemas.subset_keys(kind),
-                                       "[[datasets.subsets]]", problems)
+                                       "[[datasets.subsets]]", problems, kind)
             dataset["subsets"].append(subset or {})
         dataset["_kind"] = kind
         return dataset
 
-    def _check_table(self, table, where, keys, level, problems):
+    def _check_table(self, table, where, keys, level, problems, kind=None):
         if not isinstance(table, dict):
             problems.append((format_path(where), f"expected a table ({level})"))
             return None
         names = plain_names(keys)
         for key in table:
             if key not in names:
-                problems.append(self._unknown(key, where + [key], names, level))
+                problems.append(self._unknown(key, where + [key], names, level, kind))
         try:
             return Schema(keys, extra=ALLOW_EXTRA)({k: v for k, v in table.items() if k in names})
         except MultipleInvalid as e:
@@ -112,9 +112,9 @@ class ConfigSanitizer:
                     problems.append((path, err.error_message))
             return None
 
-    def _unknown(self, key, path, valid_names, level):
+    def _unknown(self, key, path, valid_names, level, kind=None):
         key_text = str(key)
-        hint = self._other_level_hint(key_text, level)
+        hint = self._other_level_hint(key_text, level) or self._other_kind_hint(key_text, kind)
         if hint is None:
             close = difflib.get_close_matches(key_text, [str(n) for n in valid_names], n=1, cutoff=0.6)
             hint = f"did you mean `{close[0]}`?" if close else f"valid keys here: {', '.join(sorted(valid_names))}"
@@ -133,6 +133,12 @@ class ConfigSanitizer:
             return f"`{key}` belongs to a subset: put it in a [[datasets.subsets]] table"
         if key in ("subsets",) and level == "[general]":
             return "subsets belong to a dataset: write [[datasets.subsets]]"
+        return None
+
+    def _other_kind_hint(self, key, kind):
+        for other in self.schemas.supported_kinds():
+            if other != kind and kind is not None and key in plain_names(self.schemas.subset_keys(other)):
+                return f"`{key}` is only valid in a {KIND_LABELS[other]}; this one is a {KIND_LABELS[kind]}"
         return None
 
     @staticmethod
