@@ -213,3 +213,23 @@ def test_legacy_pt_goes_to_torch_or_explains_how_to_convert(tmp_path, monkeypatc
     ours = tmp_path / "ours.pt"
     save_embedding_pt(ours, "sd1", [V768], "ours")  # zip files need no torch at all
     assert np.array_equal(read_embedding(ours, allow_pickle=True).vectors["emb"], V768)
+
+
+def test_a1111_png_card_with_text_chunk(tmp_path):
+    import base64
+    import json
+
+    from PIL import Image, PngImagePlugin
+
+    data = {"string_to_token": {"*": 265}, "string_to_param": {"*": {"TORCHTENSOR": V768[:2].tolist()}},
+            "name": "card-name", "step": 12}
+    info = PngImagePlugin.PngInfo()
+    info.add_text("sd-ti-embedding", base64.b64encode(json.dumps(data).encode()).decode())
+    path = tmp_path / "card.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    embedding = read_embedding(path)
+    assert embedding.name == "card-name" and embedding.step == 12
+    np.testing.assert_array_equal(embedding.vectors["emb"], V768[:2])
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    with pytest.raises(UserError, match="sd-ti-embedding"):
+        read_embedding(tmp_path / "plain.png")

@@ -5,14 +5,17 @@ Read (A1111 order, first match wins): A1111 `{"string_to_param": {"*": [n, dim]}
 `{"<token>": ...}`); a 1-D tensor is one vector. `.safetensors` is read with numpy; `.pt`/`.bin` are pickles and
 are read only when the caller passes allow_pickle=True (CLI: `--allow_unsafe_pickle`): first by a restricted
 torch-free reader, then by torch.load if torch is installed and the file needs more.
-The name of an embedding is its file stem (A1111 and kohya gen_img ignore a `name` inside the file).
+The name of an embedding is its file stem (A1111 and kohya gen_img ignore a `name` inside the file), except for
+A1111 PNG cards (`sd-ti-embedding` text chunk), named by their `name` entry as A1111 does.
 
 Write: `.safetensors` as kohya (`{"emb_params": [n, dim]}` SD1/SD2, `{"clip_l", "clip_g"}` SDXL, SAI model-spec
 metadata), `.pt` in A1111's layout (SD1/SD2; `name` makes it loadable by diffusers too) or the SDXL dict,
 written without torch. Save precision fp32/fp16/bf16 (bf16 is stored as real bfloat16 in both formats).
 """
+import base64
 import dataclasses
 import datetime
+import json
 import os
 import zipfile
 
@@ -56,9 +59,12 @@ def read_embedding(path, allow_pickle=False):
         data, _ = read_safetensors(path)
     elif extension in PICKLE_EXTENSIONS:
         data = _read_pickle(path, allow_pickle)
+    elif extension == ".png":
+        data = _read_png_text(path)
+        stem = data.get("name") if isinstance(data.get("name"), str) and data["name"] else stem
     else:
         raise UserError(f"embedding file {path}: unsupported extension {extension!r}; "
-                        "expected .safetensors (or .pt/.bin with --allow_unsafe_pickle)")
+                        "expected .safetensors, .png (A1111 card) or .pt/.bin with --allow_unsafe_pickle")
     return _from_data(path, stem, data)
 
 
@@ -90,6 +96,29 @@ def _read_pickle(path, allow_pickle):
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         raise UserError(f"cannot read the pickle file {path}: {e}") from e
+
+
+def _read_png_text(path):
+    """A1111 embedding card: a PNG whose `sd-ti-embedding` text chunk is base64(JSON) of the A1111 dict, tensors
+    written as {"TORCHTENSOR": nested lists}. (Cards with only the pixel-encoded copy are not supported.)"""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            encoded = getattr(image, "text", {}).get("sd-ti-embedding")
+    except OSError as e:
+        raise UserError(f"cannot read the image {path}: {e}") from e
+    if encoded is None:
+        raise UserError(f"{path} has no 'sd-ti-embedding' text chunk; it is not an A1111 embedding card that this "
+                        "program can read (convert the embedding to .safetensors)")
+
+    def tensors(obj):
+        return np.asarray(obj["TORCHTENSOR"], dtype=np.float32) if "TORCHTENSOR" in obj else obj
+
+    try:
+        return json.loads(base64.b64decode(encoded), object_hook=tensors)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: the 'sd-ti-embedding' text chunk is not valid base64 JSON ({e})") from e
 
 
 def _to_numpy(value):
