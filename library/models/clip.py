@@ -110,8 +110,28 @@ class CLIPMLP(nn.Cell):
         return self.fc2(self.activation(self.fc1(x)))
 
 
+_PLAIN_TYPES = (bool, int, float, str, tuple, type(None))
+
+
+def structure_fingerprint(cell):
+    """Equal for two cells exactly when one compiled graph can serve both: the same classes, parameter
+    names/shapes/dtypes, flags and plain attributes (a LoRA adapter's multiplier, the recompute switch...)."""
+    parts = []
+    for name, sub in cell.cells_and_names():
+        attrs = sorted((k, v) for k, v in vars(sub).items() if not k.startswith("_") and isinstance(v, _PLAIN_TYPES))
+        parts.append(f"{name}:{type(sub).__name__}:{attrs}:{sorted(sub.get_flags().items())}")
+    parts.extend(f"{name}{tuple(p.shape)}{p.dtype}" for name, p in cell.parameters_and_names())
+    return "|".join(parts)
+
+
 class CLIPEncoderLayer(nn.Cell):
-    """Pre-norm transformer block."""
+    """Pre-norm transformer block.
+
+    MindSpore compiles one graph per identical layer and reuses it (cell reuse, "lazy inline" with the front
+    policy): this halves the compile time of a 12-layer encoder. The reuse key is computed from the layer's
+    current structure rather than fixed at construction, so layers changed later (LoRA adapters added,
+    recompute switched on) never share a graph with layers they no longer match.
+    """
 
     def __init__(self, config):
         super().__init__()
@@ -120,6 +140,16 @@ class CLIPEncoderLayer(nn.Cell):
         self.self_attn = CLIPAttention(config)
         self.layer_norm2 = LayerNorm(dim, eps=eps)
         self.mlp = CLIPMLP(config)
+        self.gradient_checkpointing = False
+        self.no_inline = False  # compile as a reusable subgraph, inlined afterwards
+
+    def _reuse_key(self):
+        # MindSpore only reuses cells whose key starts with this prefix (what @lazy_inline writes).
+        return "lazy_inline_" + type(self).__name__ + "|" + structure_fingerprint(self)
+
+    # MindSpore reads the reuse key from these attributes; the setters ignore the values it assigns.
+    cell_init_args = property(_reuse_key, lambda self, value: None)
+    _cell_init_args = property(_reuse_key, lambda self, value: None)
 
     def construct(self, x, mask):
         x = x + self.self_attn(self.layer_norm1(x), mask)
@@ -302,6 +332,7 @@ class CLIPTextModel(nn.Cell):
         """Recompute each encoder layer's activations in the backward pass instead of keeping them."""
         for layer in self.text_model.encoder.layers:
             layer.recompute()
+            layer.gradient_checkpointing = True
 
 
 class CLIPTextModelWithProjection(CLIPTextModel):
