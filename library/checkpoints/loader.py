@@ -54,6 +54,7 @@ def load_model(path, model_config=None, v2=None, v_parameterization=None, sdxl=N
     match no known architecture. vae: a VAE file or folder that replaces the model's VAE.
     """
     from ..models.bundle import build_bundle
+    from ..models.layers import lazy_parameters
 
     path = os.fspath(path)
     _check_exists(path)
@@ -66,7 +67,8 @@ def load_model(path, model_config=None, v2=None, v_parameterization=None, sdxl=N
                            v_parameterization=v_parameterization, sdxl=sdxl, global_step=global_step)
         components, unexpected, _ = split_single_file(tensors, spec)
         del tensors
-    bundle = build_bundle(spec, with_tokenizers=not os.path.isdir(path))
+    with lazy_parameters():  # every weight is loaded below: skip the random initialisation
+        bundle = build_bundle(spec, with_tokenizers=not os.path.isdir(path))
     if os.path.isdir(path):
         bundle.tokenizers = _folder_tokenizers(path, spec, bundle)
     if vae is not None:

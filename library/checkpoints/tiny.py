@@ -32,8 +32,10 @@ def _cell_shapes(cell):
 def tiny_components(spec, seed=0):
     """Seeded random {"unet", "vae", "text_encoders"} tensors with the names and shapes of our Cells."""
     from ..models.bundle import build_bundle
+    from ..models.layers import lazy_parameters
 
-    bundle = build_bundle(spec, with_tokenizers=False)
+    with lazy_parameters():  # only names and shapes are needed
+        bundle = build_bundle(spec, with_tokenizers=False)
     rng = np.random.default_rng(seed)
     return {"unet": _random_weights(_cell_shapes(bundle.unet), rng),
             "vae": _random_weights(_cell_shapes(bundle.vae), rng),
