@@ -74,7 +74,7 @@ def load_model(path, model_config=None, v2=None, v_parameterization=None, sdxl=N
     if vae is not None:
         components["vae"] = read_vae(vae, spec, allow_pickle)
         unexpected = [name for name in unexpected if not name.startswith(VAE_PREFIX)]
-    load_components(bundle, components, unexpected, source=path)
+    load_components(bundle, components, unexpected, source=path, from_folder=os.path.isdir(path))
     return bundle
 
 
@@ -140,12 +140,12 @@ def _fit_text_names(tensors, cell_names):
     return {n[len("text_model."):] if n.startswith("text_model.") else n: v for n, v in tensors.items()}
 
 
-def _describe(label, names, to_file_name=None):
+def _describe(label, kind, names, to_file_name=None):
     shown = [f"{n} ({to_file_name(n)})" if to_file_name else n for n in names[:SHOWN_KEYS]]
-    return f"{label}: {len(names)} missing key(s), e.g. {', '.join(shown)}"
+    return f"{label}: {len(names)} {kind} key(s), e.g. {', '.join(shown)}"
 
 
-def load_components(bundle, components, unexpected=(), source="checkpoint"):
+def load_components(bundle, components, unexpected=(), source="checkpoint", from_folder=False):
     """Copy component tensors into the bundle's Cells after checking every name and shape (one UserError)."""
     spec = bundle.spec
     parts = [("UNet", bundle.unet, components["unet"]), ("VAE", bundle.vae, components["vae"])]
@@ -162,12 +162,13 @@ def load_components(bundle, components, unexpected=(), source="checkpoint"):
         extra = sorted(set(tensors) - set(expected))
         mismatched = [f"{n}: file {tuple(np.shape(tensors[n]))} vs model {expected[n]}"
                       for n in sorted(set(expected) & set(tensors)) if tuple(np.shape(tensors[n])) != expected[n]]
+        # UNet names are also shown as the single file spells them (its block indices differ).
+        to_file = (lambda n: "model.diffusion_model." + diffusers_to_ldm_unet_key(n, spec.unet)) \
+            if label == "UNet" and not from_folder else None
         if missing:
-            to_file = (lambda n: "model.diffusion_model." + diffusers_to_ldm_unet_key(n, spec.unet)) \
-                if label == "UNet" else None
-            problems.append(_describe(label, missing, to_file))
+            problems.append(_describe(label, "missing", missing, to_file))
         if extra:
-            problems.append(f"{label}: {len(extra)} unexpected key(s), e.g. {', '.join(extra[:SHOWN_KEYS])}")
+            problems.append(_describe(label, "unexpected", extra, to_file))
         if mismatched:
             problems.append(f"{label}: {len(mismatched)} shape mismatch(es), e.g. {'; '.join(mismatched[:3])}")
         fitted.append((label, cell, tensors))
