@@ -103,3 +103,26 @@ def test_tiny_checkpoint_is_created_once_and_seeded(tmp_path):
     assert open(first, "rb").read() == before
     bundle = load_model(first)
     assert bundle.spec.name == "tiny-sdxl" and len(bundle.tokenizers) == 2
+
+
+def test_unknown_architecture_loads_with_a_diffusers_model_config(tmp_path):
+    """Shapes of no named spec: refused without --model_config, loaded exactly with a config folder."""
+    from library.errors import UserError
+
+    spec = get_spec("tiny-sd15")
+    spec.unet.update(block_out_channels=[16, 32], down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                     up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"], layers_per_block=1,
+                     attention_head_dim=4)
+    spec.vae.update(block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
+                    up_block_types=["UpDecoderBlock2D"] * 2, layers_per_block=1)
+    spec.text_encoders[0].update(num_hidden_layers=2, hidden_size=32, intermediate_size=48)
+    unet, vae, encoders = build_torch_models(spec, seed=21)
+    components = components_of(unet, vae, encoders)
+    single = str(tmp_path / "custom.safetensors")
+    write_safetensors(single, join_single_file(components, spec))
+    folder = save_diffusers_folder(spec, unet, vae, encoders, str(tmp_path / "config"))
+    with pytest.raises(UserError, match="--model_config"):
+        load_model(single)
+    bundle = load_model(single, model_config=folder)
+    assert bundle.spec.unet["layers_per_block"] == 1 and bundle.spec.family == "sd1"
+    assert_same(bundle_weights(bundle), components)

@@ -17,8 +17,9 @@ TEXT_ENCODER_LAYOUTS = {
     "sd2": [("openclip", "cond_stage_model.model.")],
     "sdxl": [("hf", "conditioner.embedders.0.transformer."), ("openclip", "conditioner.embedders.1.model.")],
 }
-# Training-time buffers and EMA copies found in LDM files; not weights of the inference model.
-_IGNORED_PREFIXES = ("model_ema.",)
+# Training-time buffers, EMA copies and the VAE's training loss found in LDM/SGM files; not weights of the
+# inference model.
+_IGNORED_PREFIXES = ("model_ema.", "first_stage_model.loss.", "denoiser.")
 _IGNORED_KEYS = {
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
@@ -41,6 +42,7 @@ def _take(tensors, prefix):
 def split_single_file(tensors, spec):
     """LDM/SGM tensors -> (components, unexpected full key names, extras {"logit_scale": [...]})."""
     unexpected = []
+    tensors = {name: value for name, value in tensors.items() if not name.startswith(_IGNORED_PREFIXES)}
     unet, bad = ldm_to_diffusers_unet(_take(tensors, UNET_PREFIX), spec.unet)
     unexpected += [UNET_PREFIX + n for n in bad]
     vae, bad = ldm_to_diffusers_vae(_take(tensors, VAE_PREFIX), spec.vae)
@@ -58,8 +60,7 @@ def split_single_file(tensors, spec):
         logit_scales.append(extras.get("logit_scale"))
         unexpected += [prefix + n for n in bad]
     known = (UNET_PREFIX, VAE_PREFIX) + tuple(prefix for _, prefix in layouts)
-    unexpected += sorted(name for name in tensors
-                         if not name.startswith(known + _IGNORED_PREFIXES) and name not in _IGNORED_KEYS)
+    unexpected += sorted(name for name in tensors if not name.startswith(known) and name not in _IGNORED_KEYS)
     components = {"unet": unet, "vae": vae, "text_encoders": encoders}
     return components, unexpected, {"logit_scale": logit_scales}
 
