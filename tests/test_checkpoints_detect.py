@@ -49,6 +49,16 @@ def test_tiny_files_without_metadata_match_the_tiny_specs(tiny_files):
     assert detect_spec(tiny_files["tiny-sdxl"]).name == "tiny-sdxl"
 
 
+def test_sd2_files_without_openclip_last_layer_are_recognised(full_files, tiny_files):
+    """diffusers' conversion script writes SD2 encoders with 23 resblocks (kohya/OpenCLIP files have 24)."""
+    for name, layers in (("sd21", 23), ("tiny-sd21", 3)):
+        files = full_files if name == "sd21" else tiny_files
+        last = f"cond_stage_model.model.transformer.resblocks.{layers}."
+        trimmed = {k: v for k, v in files[name].items() if not k.startswith(last)}
+        assert len(trimmed) < len(files[name])
+        assert detect_spec(trimmed, v_parameterization=False).name == name
+
+
 def test_v_parameterization_override_and_yaml(tiny_files, tmp_path):
     assert detect_spec(tiny_files["tiny-sd21"], v_parameterization=False).name == "tiny-sd21"
     spec = detect_spec(tiny_files["tiny-sd15"], v_parameterization=True)
