@@ -79,6 +79,14 @@ def test_metadata_spec_wins_over_shapes(tiny_files):
         detect_spec(tiny_files["tiny-sd15"], path="x.safetensors", metadata={"ms_sd.model_spec": "{not json"})
 
 
+def test_kohya_modelspec_metadata_gives_the_prediction(tiny_files):
+    v = {"modelspec.architecture": "stable-diffusion-v2-768-v", "modelspec.prediction_type": "v"}
+    assert detect_spec(tiny_files["tiny-sd21"], metadata=v).name == "tiny-sd21-v"
+    assert detect_spec(tiny_files["tiny-sd21"], metadata={"modelspec.prediction_type": "epsilon"}).name == "tiny-sd21"
+    assert detect_spec(tiny_files["tiny-sdxl"], metadata={"modelspec.prediction_type": "v"}).prediction_type == \
+        "v_prediction"
+
+
 def test_contradicting_overrides_are_errors(tiny_files):
     with pytest.raises(UserError, match=r"--sdxl was given but a\.safetensors is an SD1\.x checkpoint"):
         detect_spec(tiny_files["tiny-sd15"], path="a.safetensors", sdxl=True)
@@ -103,7 +111,7 @@ def test_model_config_of_the_wrong_family_is_refused(tiny_files):
     with pytest.raises(UserError, match=r"--model_config tiny-sdxl describes an SDXL model but m\.safetensors is "
                                         r"an SD1\.x checkpoint"):
         detect_spec(tiny_files["tiny-sd15"], path="m.safetensors", model_config="tiny-sdxl")
-    with pytest.raises(UserError, match="unknown model spec 'nope'"):
+    with pytest.raises(UserError, match="--model_config nope: neither an existing diffusers folder"):
         detect_spec(tiny_files["tiny-sd15"], model_config="nope")
 
 

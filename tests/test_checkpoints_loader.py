@@ -69,6 +69,7 @@ def test_our_writer_is_read_by_diffusers_with_every_tensor_equal(reference, from
     save_single_file(bundle, written, metadata={"note": "round trip"})
     _, metadata = read_safetensors(written)
     assert metadata["note"] == "round trip" and SPEC_METADATA_KEY in metadata
+    assert metadata["modelspec.prediction_type"] == ("v" if spec.prediction_type == "v_prediction" else "epsilon")
     pipe = load_with_diffusers(spec, written, folder)
     assert_same(components_of(*pipeline_modules(spec, pipe)), components)
     again = load_model(written)  # the stored spec is used, no guessing

@@ -12,7 +12,7 @@ import os
 import re
 
 from ..errors import UserError
-from ..models.configs import get_spec
+from ..models.configs import SPEC_NAMES, get_spec
 from .diffusers_folder import spec_from_diffusers_folder
 from .layout import TEXT_ENCODER_LAYOUTS, UNET_PREFIX
 from .spec_metadata import spec_from_metadata
@@ -27,9 +27,12 @@ _SDXL_REFINER_PREFIX = "conditioner.embedders.0.model."
 
 def resolve_model_config(model_config):
     """A ModelSpec from `--model_config`: one of our named specs, or a diffusers folder with config.json files."""
-    if isinstance(model_config, str) and not os.path.exists(model_config):
-        return get_spec(model_config)  # raises UserError listing the names when it is not one
-    return spec_from_diffusers_folder(model_config)
+    if os.path.exists(os.fspath(model_config)):
+        return spec_from_diffusers_folder(model_config)
+    if model_config in SPEC_NAMES:
+        return get_spec(model_config)
+    raise UserError(f"--model_config {model_config}: neither an existing diffusers folder (with unet/, vae/, "
+                    f"text_encoder/ config.json files) nor a named config ({', '.join(SPEC_NAMES)})")
 
 
 def family_from_keys(tensors):
@@ -85,7 +88,24 @@ def _family_from_overrides(v2, sdxl):
     return None
 
 
+def modelspec_prediction(metadata):
+    """Prediction type from SAI ModelSpec metadata (kohya writes it), else None."""
+    metadata = metadata or {}
+    value = metadata.get("modelspec.prediction_type")
+    if value in ("v", "v_prediction"):
+        return "v_prediction"
+    if value == "epsilon":
+        return "epsilon"
+    architecture = metadata.get("modelspec.architecture", "")
+    if architecture.startswith("stable-diffusion-v2-768-v"):
+        return "v_prediction"
+    if architecture.startswith("stable-diffusion-v2-512"):
+        return "epsilon"
+    return None
+
+
 def decide_prediction(family, path, v_parameterization, global_step, stored=None):
+    """--v_parameterization > `<file>.yaml` > the file's own record (our spec or ModelSpec) > family default."""
     if v_parameterization is not None:
         return "v_prediction" if v_parameterization else "epsilon"
     says_v = yaml_says_v(path)
@@ -153,4 +173,6 @@ def detect_spec(tensors, path=None, metadata=None, model_config=None, v2=None, v
                         "cross-attention); pass --v2, --sdxl or --model_config")
     check_overrides(family, v2, sdxl, path)
     spec = _match_named_spec(tensors, family, path)
-    return with_prediction(spec, decide_prediction(family, path, v_parameterization, global_step))
+    prediction = decide_prediction(family, path, v_parameterization, global_step,
+                                   stored=modelspec_prediction(metadata))
+    return with_prediction(spec, prediction)

@@ -15,7 +15,7 @@ from .diffusers_folder import (TOKENIZER_FOLDERS, is_diffusers_folder, read_diff
                                spec_from_diffusers_folder)
 from .layout import VAE_PREFIX, join_single_file, split_single_file
 from .pickle_files import PICKLE_SUFFIXES, global_step_of, read_pickled_state_dict
-from .spec_metadata import spec_to_metadata
+from .spec_metadata import modelspec_metadata, spec_to_metadata
 from .unet_keys import diffusers_to_ldm_unet_key
 from .vae_keys import ldm_to_diffusers_vae, normalize_legacy_vae_names
 
@@ -211,7 +211,8 @@ def _cast(tensors, save_dtype):
 def save_single_file(bundle, path, metadata=None, save_dtype=None):
     """Write the bundle as one LDM/SGM-layout `.safetensors` (atomic), with our spec in the metadata."""
     tensors = join_single_file(bundle_components(bundle), bundle.spec)
-    merged = {str(k): str(v) for k, v in (metadata or {}).items()}
+    merged = modelspec_metadata(bundle.spec)
+    merged.update({str(k): str(v) for k, v in (metadata or {}).items()})
     merged.update(spec_to_metadata(bundle.spec))
     write_safetensors(path, _cast(tensors, save_dtype), merged)
     return path
