@@ -8,6 +8,7 @@ import torch
 
 from library.checkpoints import ensure_tiny_checkpoint, load_model
 from library.checkpoints.layout import VAE_PREFIX
+from library.checkpoints.vae_keys import ldm_to_diffusers_vae
 from library.errors import UserError, run_cli
 from library.formats.safetensors_io import read_safetensors, write_safetensors
 from library.models.weights import state_dict
@@ -140,6 +141,18 @@ def test_vae_option_replaces_the_vae(tiny):
     bundle = load_model(path, vae=vae_file)
     conv = state_dict(bundle.vae)["decoder.conv_out.weight"]
     assert np.array_equal(conv, other_tensors[VAE_PREFIX + "decoder.conv_out.weight"])
+    # a diffusers VAE folder from before diffusers 0.17 (attention named query/key/value/proj_attn)
+    diffusers_names, _ = ldm_to_diffusers_vae(vae_only, bundle.spec.vae)
+    legacy = {k.replace(".to_q.", ".query.").replace(".to_out.0.", ".proj_attn."): v
+              for k, v in diffusers_names.items()}
+    assert any(".query." in k for k in legacy)
+    vae_folder = folder / "vae_folder"
+    vae_folder.mkdir()
+    (vae_folder / "config.json").write_text("{}")
+    _rewrite(vae_folder, "diffusion_pytorch_model.safetensors", legacy)
+    from_folder = state_dict(load_model(path, vae=str(vae_folder)).vae)
+    assert np.array_equal(from_folder["decoder.mid_block.attentions.0.to_q.weight"],
+                          diffusers_names["decoder.mid_block.attentions.0.to_q.weight"])
     with pytest.raises(UserError, match=r"--vae .*tiny\.safetensors: not a VAE checkpoint"):
         load_model(path, vae=path)
     assert os.path.isfile(path)

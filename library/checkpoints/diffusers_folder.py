@@ -129,6 +129,12 @@ def read_component(folder, component, allow_pickle=False):
     return tensors
 
 
+def read_vae_folder(folder, allow_pickle=False):
+    """A lone diffusers VAE folder (config.json + diffusion_pytorch_model.*)."""
+    path = _weights_file(os.fspath(folder), "diffusion_pytorch_model", allow_pickle)
+    return normalize_legacy_vae_names(_read_weights(path, allow_pickle))
+
+
 def read_diffusers_components(folder, spec, allow_pickle=False):
     """{"unet", "vae", "text_encoders": [...]} read from a diffusers folder for `spec`."""
     return {"unet": read_component(folder, "unet", allow_pickle),

@@ -11,8 +11,8 @@ from ..errors import UserError
 from ..formats.safetensors_io import Bf16Tensor, read_safetensors, write_safetensors
 from ..models.weights import load_state_dict, state_dict
 from .detect import check_overrides, decide_prediction, detect_spec, resolve_model_config, with_prediction
-from .diffusers_folder import (TOKENIZER_FOLDERS, is_diffusers_folder, read_diffusers_components,
-                               spec_from_diffusers_folder)
+from .diffusers_folder import (TOKENIZER_FOLDERS, is_diffusers_folder, read_component, read_diffusers_components,
+                               read_vae_folder, spec_from_diffusers_folder)
 from .layout import VAE_PREFIX, join_single_file, split_single_file
 from .pickle_files import PICKLE_SUFFIXES, global_step_of, read_pickled_state_dict
 from .spec_metadata import modelspec_metadata, spec_to_metadata
@@ -70,7 +70,7 @@ def load_model(path, model_config=None, v2=None, v_parameterization=None, sdxl=N
     with lazy_parameters():  # every weight is loaded below: skip the random initialisation
         bundle = build_bundle(spec, with_tokenizers=not os.path.isdir(path))
     if os.path.isdir(path):
-        bundle.tokenizers = _folder_tokenizers(path, spec, bundle)
+        bundle.tokenizers = _folder_tokenizers(path, spec)
     if vae is not None:
         components["vae"] = read_vae(vae, spec, allow_pickle)
         unexpected = [name for name in unexpected if not name.startswith(VAE_PREFIX)]
@@ -89,7 +89,8 @@ def _read_folder(path, model_config, v2, v_parameterization, sdxl, allow_pickle)
     return spec, read_diffusers_components(path, spec, allow_pickle), []
 
 
-def _folder_tokenizers(path, spec, bundle):
+def _folder_tokenizers(path, spec):
+    """The folder's tokenizer/ and tokenizer_2/ where present, else the bundled CLIP tokenizers."""
     from ..models.bundle import build_tokenizers
     from ..text.tokenizer import load_tokenizer_from_folder
 
@@ -104,14 +105,12 @@ def _folder_tokenizers(path, spec, bundle):
 def read_vae(vae_path, spec, allow_pickle=False):
     """diffusers-named VAE tensors from a VAE single file (LDM names, with or without `first_stage_model.`),
     a diffusers-named VAE file, a diffusers VAE folder (config.json + weights) or a whole diffusers folder."""
-    from .diffusers_folder import read_component
-
     vae_path = os.fspath(vae_path)
     _check_exists(vae_path)
     if os.path.isdir(vae_path):
         if os.path.isdir(os.path.join(vae_path, "vae")):  # a whole diffusers folder: take its VAE
             return read_component(vae_path, "vae", allow_pickle)
-        return _vae_folder(vae_path, allow_pickle)
+        return read_vae_folder(vae_path, allow_pickle)
     tensors, _, _ = read_single_file(vae_path, allow_pickle)
     if any(name.startswith("encoder.down_blocks.") for name in tensors):  # already diffusers names
         return normalize_legacy_vae_names(tensors)
@@ -124,13 +123,6 @@ def read_vae(vae_path, spec, allow_pickle=False):
         raise UserError(f"--vae {vae_path}: not a VAE checkpoint for this model: {len(unmapped)} key(s) that are "
                         f"not VAE weights, e.g. {', '.join(unmapped[:SHOWN_KEYS]) or '(no VAE keys at all)'}")
     return converted
-
-
-def _vae_folder(folder, allow_pickle):
-    from .diffusers_folder import _read_weights, _weights_file
-
-    return normalize_legacy_vae_names(
-        _read_weights(_weights_file(folder, "diffusion_pytorch_model", allow_pickle), allow_pickle))
 
 
 def _fit_text_names(tensors, cell_names):
