@@ -48,7 +48,8 @@ def test_sd1_layout_facts(diffusers_name, ldm_name):
 @pytest.mark.parametrize("diffusers_name, ldm_name", [
     ("add_embedding.linear_1.weight", "label_emb.0.0.weight"),
     ("down_blocks.0.downsamplers.0.conv", "input_blocks.3.0.op"),
-    ("down_blocks.1.attentions.1.transformer_blocks.1.ff.net.0.proj", "input_blocks.5.1.transformer_blocks.1.ff.net.0.proj"),
+    ("down_blocks.1.attentions.1.transformer_blocks.1.ff.net.0.proj",
+     "input_blocks.5.1.transformer_blocks.1.ff.net.0.proj"),
     ("down_blocks.1.downsamplers.0.conv.weight", "input_blocks.6.0.op.weight"),
     ("down_blocks.2.resnets.0.norm1.bias", "input_blocks.7.0.in_layers.0.bias"),
     ("up_blocks.0.upsamplers.0.conv.weight", "output_blocks.2.2.conv.weight"),
