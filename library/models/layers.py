@@ -4,8 +4,9 @@ Every model builds on these (never nn.Dense / nn.Conv2d directly) so that device
 chosen in one place. `Linear` and `Conv2d` carry an `adapters` CellList (LoRA appends there); the base
 parameter names never change.
 
-NOTE: first version - plain MindSpore ops. The CPU-fast formulations (im2col conv with custom backward) are
-to be filled in here without changing the constructor signatures or parameter names.
+On the CPU, k>1 convolutions run as im2col + MatMul with a custom backward (MindSpore's native CPU conv
+falls back to oneDNN's reference kernel, ~100x slower; see shared/MINDSPORE_CPU.md). Everywhere else, and for
+1x1 convs, the native conv is used.
 """
 import contextlib
 import math
@@ -14,6 +15,9 @@ import warnings
 import mindspore as ms
 from mindspore import nn, ops, Parameter
 from mindspore.common.initializer import initializer, Normal, One, Uniform, Zero
+from mindspore.ops.operations import _grad_ops
+
+from .. import device
 
 
 def _uniform(shape, bound):
@@ -60,6 +64,48 @@ class Linear(nn.Cell):
         return y
 
 
+class Im2colConv2d(nn.Cell):
+    """conv2d(x, weight) (no bias) as unfold + one 2-D MatMul per sample, with a custom backward.
+
+    A broadcast batched matmul would copy W per sample and indexing `cols[b]` becomes a slow StridedSlice in
+    graph mode, hence `unstack`. The backward gives dx = fold(W^T dy) and dW from the native
+    Conv2DBackpropFilter kernel (fast on CPU); when the weight is frozen the graph drops the unused dW.
+    The weight comes in as an input because a bprop cannot reference Parameters.
+    """
+
+    def __init__(self, kernel_size, stride=1, padding=0):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.matmul = ops.MatMul()
+        self.matmul_ta = ops.MatMul(transpose_a=True)
+        self.weight_grad = _grad_ops.Conv2DBackpropFilter(
+            1, (kernel_size, kernel_size), pad_mode="pad", pad=padding, pad_list=(padding,) * 4,
+            stride=(stride, stride))
+
+    def _out_size(self, size):
+        return (size + 2 * self.padding - self.kernel_size) // self.stride + 1
+
+    def construct(self, x, weight):
+        b, _, h, w = x.shape
+        cout = weight.shape[0]
+        cols = ops.unfold(x, self.kernel_size, 1, self.padding, self.stride)
+        w2d = weight.reshape(cout, -1)
+        outs = [self.matmul(w2d, sample_cols) for sample_cols in ops.unstack(cols, 0)]
+        return ops.stack(outs, 0).reshape(b, cout, self._out_size(h), self._out_size(w))
+
+    def bprop(self, x, weight, out, dout):
+        b, _, h, w = x.shape
+        cout = weight.shape[0]
+        w2d = weight.reshape(cout, -1)
+        dy = dout.reshape(b, cout, -1)
+        dcols = ops.stack([self.matmul_ta(w2d, sample_dy) for sample_dy in ops.unstack(dy, 0)], 0)
+        dx = ops.fold(dcols, ms.Tensor((h, w), ms.int32), self.kernel_size, 1, self.padding, self.stride)
+        dw = self.weight_grad(dout, x, weight.shape)
+        return dx, dw
+
+
 class Conv2d(nn.Cell):
     """2-D convolution, NCHW, weight [out, in, kh, kw] (torch layout)."""
 
@@ -74,8 +120,12 @@ class Conv2d(nn.Cell):
         bound = 1.0 / math.sqrt(fan_in)
         self.weight = Parameter(_uniform((out_channels, in_channels, kernel_size, kernel_size), bound), name="weight")
         self.bias = Parameter(_uniform((out_channels,), bound), name="bias") if bias else None
-        self.conv = ops.Conv2D(out_channels, kernel_size, pad_mode="pad" if padding else "valid",
-                               pad=padding, stride=stride)
+        self.use_im2col = kernel_size > 1 and device.is_cpu()
+        if self.use_im2col:
+            self.conv = Im2colConv2d(kernel_size, stride, padding)
+        else:
+            self.conv = ops.Conv2D(out_channels, kernel_size, pad_mode="pad" if padding else "valid",
+                                   pad=padding, stride=stride)
         self.adapters = nn.CellList()
 
     def construct(self, x):
