@@ -94,7 +94,9 @@ def test_contradicting_overrides_are_errors(tiny_files):
         detect_spec(tiny_files["tiny-sdxl"], path="b.safetensors", v2=True)
     with pytest.raises(UserError, match="--v2"):
         detect_spec(tiny_files["tiny-sd21"], path="c.safetensors", v2=False)
-    assert detect_spec(tiny_files["tiny-sd21"], v2=True).family == "sd2"
+    # kohya's flags: --v2 alone is the 512px epsilon model, --v2 --v_parameterization the 768-v one
+    assert detect_spec(tiny_files["tiny-sd21"], v2=True).name == "tiny-sd21"
+    assert detect_spec(tiny_files["tiny-sd21"], v2=True, v_parameterization=True).name == "tiny-sd21-v"
 
 
 def test_unknown_shapes_ask_for_model_config(tiny_files):

@@ -3,9 +3,11 @@
 Order of evidence: `model_config` (named spec or diffusers folder) > the spec our writer stores in the
 metadata > keys and shapes matched against the named specs. The family comes from the text-encoder
 prefixes (reference file_formats.md 6.1/6.2), or from the UNet when a file has no text encoder. Shapes
-cannot show the prediction type: `v_parameterization` decides, else a `<file>.yaml` beside the file, else
-(SD2 only, like diffusers) v-prediction unless a `.ckpt` says global_step 875000 (the 512px epsilon
-model). Overrides `v2` / `sdxl` that contradict the keys are errors, not silent reinterpretations.
+cannot show the prediction type: `v_parameterization` decides, else a `<file>.yaml` beside the file, else the
+file's own record (our spec or SAI ModelSpec metadata), else for SD2: epsilon when the user spoke kohya's
+language (`--v2` without `--v_parameterization` means the 512px epsilon model there), epsilon when a `.ckpt`
+says global_step 875000 (that model), otherwise v-prediction (the 768-v model, as diffusers assumes).
+Overrides `v2` / `sdxl` that contradict the keys are errors, not silent reinterpretations.
 """
 import dataclasses
 import os
@@ -104,7 +106,7 @@ def modelspec_prediction(metadata):
     return None
 
 
-def decide_prediction(family, path, v_parameterization, global_step, stored=None):
+def decide_prediction(family, path, v_parameterization, global_step, stored=None, v2=None):
     """--v_parameterization > `<file>.yaml` > the file's own record (our spec or ModelSpec) > family default."""
     if v_parameterization is not None:
         return "v_prediction" if v_parameterization else "epsilon"
@@ -114,7 +116,7 @@ def decide_prediction(family, path, v_parameterization, global_step, stored=None
     if stored is not None:
         return stored
     if family == "sd2":
-        return "epsilon" if global_step == SD2_EPSILON_GLOBAL_STEP else "v_prediction"
+        return "epsilon" if v2 or global_step == SD2_EPSILON_GLOBAL_STEP else "v_prediction"
     return "epsilon"
 
 
@@ -174,5 +176,5 @@ def detect_spec(tensors, path=None, metadata=None, model_config=None, v2=None, v
     check_overrides(family, v2, sdxl, path)
     spec = _match_named_spec(tensors, family, path)
     prediction = decide_prediction(family, path, v_parameterization, global_step,
-                                   stored=modelspec_prediction(metadata))
+                                   stored=modelspec_prediction(metadata), v2=v2)
     return with_prediction(spec, prediction)
