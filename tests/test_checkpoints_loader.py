@@ -127,3 +127,23 @@ def test_unknown_architecture_loads_with_a_diffusers_model_config(tmp_path):
     bundle = load_model(single, model_config=folder)
     assert bundle.spec.unet["layers_per_block"] == 1 and bundle.spec.family == "sd1"
     assert_same(bundle_weights(bundle), components)
+
+
+def test_sharded_and_variant_component_weights(tmp_path):
+    from library.checkpoints.diffusers_folder import read_component
+
+    unet = tmp_path / "unet"
+    unet.mkdir()
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float32)
+    write_safetensors(str(unet / "part-1.safetensors"), {"conv_in.weight": a})
+    write_safetensors(str(unet / "part-2.safetensors"), {"conv_in.bias": b})
+    (unet / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        '{"weight_map": {"conv_in.weight": "part-1.safetensors", "conv_in.bias": "part-2.safetensors"}}')
+    got = read_component(str(tmp_path), "unet")
+    assert set(got) == {"conv_in.weight", "conv_in.bias"} and np.array_equal(got["conv_in.weight"], a)
+    encoder = tmp_path / "text_encoder"
+    encoder.mkdir()  # transformers >= 5.6 writes CLIPTextModel without the `text_model.` prefix; fp16 variant
+    write_safetensors(str(encoder / "model.fp16.safetensors"),
+                      {"final_layer_norm.bias": b.astype(np.float16),
+                       "embeddings.position_ids": np.arange(4, dtype=np.int64)[None]})
+    assert list(read_component(str(tmp_path), "text_encoder")) == ["text_model.final_layer_norm.bias"]
