@@ -1,24 +1,97 @@
 """Scaled dot-product attention core shared by the UNet, VAE and CLIP.
 
-NOTE: first version - plain softmax attention. The CPU custom-backward formulation and Ascend flash
-attention are to be filled in here without changing the interface.
+Formulation by device (one place, see docs/ARCHITECTURE.md):
+- CPU: softmax attention with a custom backward. Autodiff of softmax reduces over the key axis, a slow
+  ReduceSum on CPU; the backward below recomputes P and only reduces over the head dim
+  (shared/MINDSPORE_CPU.md, point 4).
+- Ascend: `flash_attention_score` when the inputs are fp16/bf16, there is no mask and the head dim fits
+  (multiple of 16, <= 512; SD1.5's 40 does not, it keeps the plain path).
+- Otherwise: plain softmax attention, differentiated by MindSpore.
 """
 import math
 
+import mindspore as ms
 from mindspore import nn, ops
+
+from .. import device
+
+FLASH_HEAD_DIM_MAX = 512
+
+
+def flash_attention_fits(head_dim):
+    return head_dim % 16 == 0 and head_dim <= FLASH_HEAD_DIM_MAX
+
+
+class SoftmaxAttention(nn.Cell):
+    """softmax(Q K^T * scale [+ mask]) V on (B, N, S, D) tensors, with the CPU-friendly backward.
+
+    dS = P * (dO V^T - rowsum(dO * O)) * scale, where rowsum(dO * O) == rowsum(P * dP) is a sum over D.
+    `mask` (additive, broadcast to (B, N, Sq, Sk)) is a constant: its gradient is zero.
+    """
+
+    def __init__(self, scale, with_mask=False):
+        super().__init__()
+        self.scale = scale
+        self.with_mask = with_mask
+        self.qk = ops.BatchMatMul(transpose_b=True)
+        self.pv = ops.BatchMatMul()
+        self.tn = ops.BatchMatMul(transpose_a=True)
+        self.softmax = ops.Softmax(-1)
+
+    def _probs(self, q, k, mask):
+        scores = self.qk(q, k) * self.scale
+        if self.with_mask:
+            scores = scores + mask
+        return self.softmax(scores)
+
+    def construct(self, q, k, v, mask):
+        return self.pv(self._probs(q, k, mask), v)
+
+    def bprop(self, q, k, v, mask, out, dout):
+        p = self._probs(q, k, mask)
+        dv = self.tn(p, dout)
+        dp = self.qk(dout, v)
+        row = (dout * out).sum(-1, keepdims=True)
+        ds = p * (dp - row) * self.scale
+        dq = self.pv(ds, k)
+        dk = self.tn(ds, q)
+        return dq, dk, dv, ops.zeros_like(mask)
+
+
+class PlainAttention(nn.Cell):
+    """The same math left to autodiff (accelerators, and the reference for the CPU path)."""
+
+    def __init__(self, scale, with_mask=False):
+        super().__init__()
+        self.scale = scale
+        self.with_mask = with_mask
+        self.qk = ops.BatchMatMul(transpose_b=True)
+        self.pv = ops.BatchMatMul()
+        self.softmax = ops.Softmax(-1)
+
+    def construct(self, q, k, v, mask):
+        scores = self.qk(q, k) * self.scale
+        if self.with_mask:
+            scores = scores + mask
+        return self.pv(self.softmax(scores), v)
 
 
 class AttentionCore(nn.Cell):
-    """softmax(Q K^T / sqrt(d) [+ mask]) V for (B, S, heads*d) inputs; returns (B, Sq, heads*d)."""
+    """softmax(Q K^T / sqrt(d) [+ mask]) V for (B, S, heads*d) inputs; returns (B, Sq, heads*d).
+
+    `mask` is additive (0 / large negative), broadcastable to (B, heads, Sq, Sk), e.g. (1, 1, S, S) causal.
+    """
 
     def __init__(self, heads, head_dim):
         super().__init__()
         self.heads = heads
         self.head_dim = head_dim
         self.scale = 1.0 / math.sqrt(head_dim)
-        self.qk = ops.BatchMatMul(transpose_b=True)
-        self.pv = ops.BatchMatMul()
-        self.softmax = ops.Softmax(-1)
+        cell = SoftmaxAttention if device.is_cpu() else PlainAttention
+        self.core = cell(self.scale, with_mask=False)
+        self.core_masked = cell(self.scale, with_mask=True)
+        self.use_flash = device.is_ascend() and flash_attention_fits(head_dim)
+        self.no_mask = ms.Tensor(0.0, ms.float32)
 
     def _split(self, x):
         b, s, _ = x.shape
@@ -26,9 +99,11 @@ class AttentionCore(nn.Cell):
 
     def construct(self, q, k, v, mask=None):
         b, sq, _ = q.shape
+        if self.use_flash and mask is None and q.dtype in (ms.float16, ms.bfloat16):
+            return ops.flash_attention_score(q, k, v, self.heads, scalar_value=self.scale, input_layout="BSH")
         q, k, v = self._split(q), self._split(k), self._split(v)
-        scores = self.qk(q, k) * self.scale
-        if mask is not None:
-            scores = scores + mask
-        out = self.pv(self.softmax(scores), v)
+        if mask is None:
+            out = self.core(q, k, v, self.no_mask.astype(q.dtype))
+        else:
+            out = self.core_masked(q, k, v, mask.astype(q.dtype))
         return out.transpose(0, 2, 1, 3).reshape(b, sq, self.heads * self.head_dim)
