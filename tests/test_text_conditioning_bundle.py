@@ -32,7 +32,8 @@ def test_tokenizers_pad_as_each_family_expects():
 
 
 def test_encode_prompts_on_a_bundle_takes_the_family_from_its_spec():
-    bundle = build_bundle("tiny-sd15", with_tokenizers=False)
+    spec = get_spec("tiny-sd15")
+    bundle = ModelBundle(spec=spec, unet=None, vae=None, text_encoders=build_text_encoders(spec))
     ids = np.full((2, 154), 49407, np.int32)
     ids[:, 0] = ids[:, 77] = 49406
     ids[:, 1:4] = [[320, 1125, 539], [2368, 5988, 267]]
