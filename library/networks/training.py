@@ -1,0 +1,98 @@
+"""LoRA as a training method for the shared loop: the network is the only thing that trains.
+
+The base model is frozen; LoRA modules are applied to the UNet and/or text encoders (kohya's switches), their
+parameters form the optimizer groups (`--unet_lr`, `--text_encoder_lr`, LoRA+), `--scale_weight_norms` runs
+after each update, and saves are kohya LoRA files with the ss_* metadata.
+"""
+import logging
+
+from ..errors import UserError
+from ..formats.lora import read_lora_file, save_lora
+from ..training.method import DiffusionMethod
+from . import create_network, create_network_from_weights, parse_network_args
+
+log = logging.getLogger("sdms.lora")
+
+
+def merge_base_weights(args, bundle):
+    """kohya --base_weights: LoRA files merged into the base model before training (multiplier each)."""
+    files = args.base_weights or []
+    multipliers = list(args.base_weights_multiplier or [])
+    if multipliers and len(multipliers) != len(files):
+        raise UserError(f"--base_weights_multiplier has {len(multipliers)} value(s) for {len(files)} "
+                        "--base_weights file(s); give one per file")
+    for index, path in enumerate(files):
+        multiplier = multipliers[index] if multipliers else 1.0
+        tensors, metadata = read_lora_file(path, allow_pickle=args.allow_unsafe_pickle)
+        network = create_network_from_weights(bundle, tensors, multiplier=multiplier)
+        network.load_state_dict(tensors, metadata, source=f"--base_weights {path}")
+        network.merge_into_base(multiplier)
+        log.info("merged %s into the base model (multiplier %s, %d modules)", path, multiplier, len(network))
+
+
+class LoRATraining(DiffusionMethod):
+    def __init__(self, args, bundle):
+        super().__init__(args, bundle)
+        self.network_args = parse_network_args(args.network_args)
+        merge_base_weights(args, bundle)
+        self.freeze_all()
+        self.network = self._create_network(args, bundle)
+        if not len(self.network):
+            raise UserError("the LoRA network has no modules: check --network_train_unet_only / "
+                            "--network_train_text_encoder_only and --network_weights")
+        self.network.apply()
+        if args.network_weights:
+            self._load_weights(args.network_weights)
+        self.trainable = {p.name: p for p in self.network.parameters()}
+        for param in self.trainable.values():
+            param.requires_grad = True
+        self.build_objective()
+        self.metadata = None  # set by attach_metadata once the dataset and step counts are known
+
+    def _create_network(self, args, bundle):
+        train_unet = not args.network_train_text_encoder_only
+        train_text_encoder = not args.network_train_unet_only
+        if args.dim_from_weights:
+            if not args.network_weights:
+                raise UserError("--dim_from_weights needs --network_weights FILE to read the ranks from")
+            tensors, _ = read_lora_file(args.network_weights, allow_pickle=args.allow_unsafe_pickle)
+            return create_network_from_weights(bundle, tensors, network_args=args.network_args,
+                                               train_unet=train_unet, train_text_encoder=train_text_encoder,
+                                               seed=args.seed)
+        return create_network(bundle, 1.0, args.network_dim, args.network_alpha, args.network_dropout,
+                              args.network_args, train_unet=train_unet, train_text_encoder=train_text_encoder,
+                              seed=args.seed)
+
+    def _load_weights(self, path):
+        tensors, metadata = read_lora_file(path, allow_pickle=self.args.allow_unsafe_pickle)
+        missing, unexpected = self.network.load_state_dict(tensors, metadata, source=f"--network_weights {path}")
+        log.info("--network_weights %s: loaded %d modules; %d not in the file, %d in the file not trained",
+                 path, len(self.network) - len(missing), len(missing), len(unexpected))
+
+    def attach_metadata(self, group, steps_per_epoch, total_steps):
+        from .metadata import TrainingMetadata
+
+        self.metadata = TrainingMetadata(self.args, self.spec, self.network, group, steps_per_epoch, total_steps,
+                                         self.network_args)
+
+    # ------------------------------------------------------------------ hooks the loop calls
+    def param_groups(self, lr):
+        groups, labels = self.network.trainable_params(self.args.text_encoder_lr, self.args.unet_lr, lr)
+        if not groups:
+            raise UserError("every LoRA parameter group has learning rate 0: set --learning_rate, --unet_lr or "
+                            "--text_encoder_lr")
+        self.group_labels = labels
+        return groups
+
+    def after_update(self, step):
+        """--scale_weight_norms: kohya's max-norm regularisation after every optimizer step."""
+        if self.args.scale_weight_norms:
+            self.last_max_norm = self.network.apply_max_norm_regularization(self.args.scale_weight_norms)
+
+    @property
+    def file_extension(self):
+        return "." + self.args.save_model_as
+
+    def save(self, path, step, epoch):
+        metadata = self.metadata.for_save(step, epoch) if self.metadata is not None else None
+        save_lora(path, self.network.state_dict(), metadata, save_precision=self.args.save_precision)

@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""LoRA training for SD 1.x, SD 2.x and SDXL (kohya sd-scripts' train_network.py options and files, on MindSpore).
+
+    python train_network.py --pretrained_model_name_or_path model.safetensors --dataset_config dataset.toml \
+        --network_module networks.lora --network_dim 8 --network_alpha 4 --learning_rate 1e-4 \
+        --max_train_steps 1000 --output_dir output --output_name mylora
+
+DreamBooth with prior preservation: put the class images in an is_reg subset (or `--reg_data_dir`); with
+`--class_prompt "a photo of a dog" --num_class_images 100` the missing ones are generated first.
+"""
+import library  # noqa: F401  (quiet MindSpore start-up)
+from library.errors import UserError, run_cli
+from library.training import session
+
+
+def add_network_arguments(parser):
+    from library.networks import NETWORK_MODULE_NAMES
+
+    g = parser.add_argument_group("network (LoRA)")
+    g.add_argument("--network_module", type=str, default="networks.lora",
+                   help=f"kohya's module path; accepted: {', '.join(NETWORK_MODULE_NAMES)}")
+    g.add_argument("--network_dim", type=int, default=None, help="LoRA rank (default 4)")
+    g.add_argument("--network_alpha", type=float, default=1.0, help="scale = alpha / dim (default 1)")
+    g.add_argument("--network_dropout", type=float, default=None, help="dropout on the rank activations")
+    g.add_argument("--network_args", type=str, default=None, nargs="*",
+                   help="key=value: conv_dim, conv_alpha, rank_dropout, module_dropout, loraplus_lr_ratio, ...")
+    g.add_argument("--network_weights", type=str, default=None, help="start from this LoRA file")
+    g.add_argument("--dim_from_weights", action="store_true", help="ranks/alphas from --network_weights")
+    g.add_argument("--network_train_unet_only", action="store_true", help="LoRA on the UNet only")
+    g.add_argument("--network_train_text_encoder_only", action="store_true", help="LoRA on the text encoder(s) only")
+    g.add_argument("--unet_lr", type=float, default=None, help="UNet LoRA learning rate (else --learning_rate)")
+    g.add_argument("--text_encoder_lr", type=float, default=None, nargs="*",
+                   help="text-encoder LoRA learning rate (the first value is used for every encoder)")
+    g.add_argument("--scale_weight_norms", type=float, default=None, help="max-norm regularisation (1.0 is usual)")
+    g.add_argument("--base_weights", type=str, default=None, nargs="*", help="LoRA files merged in before training")
+    g.add_argument("--base_weights_multiplier", type=float, default=None, nargs="*")
+    g.add_argument("--save_model_as", type=str, default="safetensors", choices=["safetensors", "pt", "ckpt"])
+    g.add_argument("--no_metadata", action="store_true", help="save only the minimal ss_* metadata")
+    g.add_argument("--training_comment", type=str, default=None, help="stored as ss_training_comment")
+    for key in ("title", "author", "description", "license", "tags"):
+        g.add_argument(f"--metadata_{key}", type=str, default=None, help=f"modelspec.{key}")
+    d = parser.add_argument_group("DreamBooth class images")
+    d.add_argument("--class_prompt", type=str, default=None,
+                   help="prompt for generating regularisation images (default: the reg subset's class tokens)")
+    d.add_argument("--num_class_images", type=int, default=0,
+                   help="fill every regularisation folder up to this many images before training")
+    d.add_argument("--class_sample_steps", type=int, default=30, help="sampler steps per class image")
+    d.add_argument("--class_guidance_scale", type=float, default=7.5, help="CFG scale for class images")
+    d.add_argument("--sample_batch_size", type=int, default=1, help="class images generated per batch")
+
+
+def check_network_options(args):
+    from library.networks import NETWORK_MODULE_NAMES
+
+    if args.network_module not in NETWORK_MODULE_NAMES:
+        raise UserError(f"--network_module {args.network_module}: only LoRA is available "
+                        f"({', '.join(NETWORK_MODULE_NAMES)})")
+    if args.network_train_unet_only and args.network_train_text_encoder_only:
+        raise UserError("--network_train_unet_only and --network_train_text_encoder_only exclude each other")
+    if args.network_dim is not None and args.network_dim < 1:
+        raise UserError(f"--network_dim must be >= 1, got {args.network_dim}")
+    if args.num_class_images < 0:
+        raise UserError(f"--num_class_images must be >= 0, got {args.num_class_images}")
+    if args.save_model_as == "ckpt":
+        args.save_model_as = "pt"  # kohya writes the same torch.save dict under either name
+
+
+def main(argv):
+    from library.networks.class_images import generate_class_images, plan_class_images
+    from library.networks.training import LoRATraining
+    from library.training.loop import KeyboardInterruptSaved, TrainingLoop, total_steps
+
+    parser = session.build_parser("Train a LoRA (kohya networks.lora format).", support_dropout=True,
+                                  add_method_arguments=add_network_arguments)
+    args = session.parse_arguments(parser, argv)
+    check_network_options(args)
+    session.check_output_dir(args, default_name="last")
+    world = session.setup_device(args)
+    bundle = session.load_model(args)
+
+    if not args.debug_dataset:
+        plan = plan_class_images(args, bundle.spec.resolution)
+        if plan and world.is_main:
+            generate_class_images(args, bundle, plan)
+    data = session.build_data(args, bundle.tokenizers, None, support_dropout=True, world=world)
+    if args.debug_dataset:
+        from library.data.debug import print_debug_dataset
+
+        print_debug_dataset(data, tokenizer_decode=bundle.tokenizers[0].decode)
+        return 0
+
+    method = LoRATraining(args, bundle)
+    total, steps_per_epoch = total_steps(args, len(data), world.size)
+    method.attach_metadata(data, steps_per_epoch, total)
+    latents = session.make_latent_source(args, bundle, data)
+    sample_fn = session.make_sample_fn(args, bundle)
+    loop = TrainingLoop(args, data, method, latents, bundle.spec, world, sample_fn)
+    try:
+        loop.run()
+    except KeyboardInterruptSaved as stop:
+        print(stop)
+        return 130
+    if world.is_main:
+        print(f"LoRA: {loop.last_save}  ({len(method.network)} modules; A1111: copy it into models/Lora and "
+              f"use <lora:{args.output_name}:1>)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
