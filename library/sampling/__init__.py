@@ -1,0 +1,1 @@
+"""Image generation: text-to-image pipeline, embeddings/LoRAs at inference, PNG output, gen_img CLI."""

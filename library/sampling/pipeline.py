@@ -1,0 +1,121 @@
+"""Text-to-image for SD1/SD2/SDXL bundles: prompts -> conditioning -> sampler -> VAE decode -> images.
+
+`text_to_image(bundle, prompts, ...)` generates one batch that shares size, steps, scale and sampler (the
+CLI groups prompts that way, as kohya's gen_img does). Every image has its own seed: its initial latents
+and the ancestral samplers' per-step noise come from its own generator, so an image does not depend on the
+batch it was made in.
+"""
+from dataclasses import dataclass, field
+
+import mindspore as ms
+import numpy as np
+
+from ..diffusion import samplers
+from ..diffusion.schedule import make_schedule
+from ..errors import UserError
+from ..models.text_conditioning import size_embedding_inputs
+from ..models.vae import VAEDecode
+from .denoiser import make_model_fn
+from .text_encoding import DEFAULT_MAX_CHUNKS, count_chunks, encode_negatives, encode_texts
+
+LATENT_FACTOR = 8
+
+
+@dataclass
+class SamplingOptions:
+    """Settings shared by one batch (kohya gen_img names in comments)."""
+
+    width: int = 512  # --W
+    height: int = 512  # --H
+    steps: int = 50  # --steps
+    scale: float = 7.5  # --scale
+    sampler: str = "ddim"  # --sampler
+    karras: bool = False  # Karras sigmas for the k-samplers and DPM-Solver
+    clip_skip: int = None  # --clip_skip
+    max_chunks: int = DEFAULT_MAX_CHUNKS  # --max_embeddings_multiples (75 tokens each)
+    clip_sample: bool = False  # DDIM clamps x0 to [-1, 1] (kohya's generator sets it)
+    original_size: tuple = None  # SDXL (height, width); default = target size
+    original_size_negative: tuple = None  # SDXL, for the uncond half; default = original_size
+    crop_top_left: tuple = (0, 0)  # SDXL --crop_top / --crop_left
+    zero_terminal_snr: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    """Holds the bundle and its compiled Cells (UNet step, VAE decode) across batches."""
+
+    def __init__(self, bundle):
+        self.bundle = bundle
+        self._unet_cells = {}
+        self._vae_decode = None
+
+    @property
+    def v_prediction(self):
+        return self.bundle.spec.prediction_type == "v_prediction"
+
+    def decode(self, latents):
+        """Latents (B,4,h,w) -> float images (B,H,W,3) in [0, 1]."""
+        if self._vae_decode is None:
+            self._vae_decode = VAEDecode(self.bundle.vae)
+        z = ms.Tensor(np.ascontiguousarray(latents / self.bundle.spec.vae_scaling_factor, dtype=np.float32))
+        pixels = self._vae_decode(z).asnumpy()
+        return np.clip(pixels / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
+
+    def conditioning(self, prompts, negative_prompts, options: SamplingOptions):
+        """(context, text_embeds or None, time_ids or None) in the [uncond; cond] layout the UNet step uses."""
+        guided = options.scale > 1.0
+        chunks = count_chunks(self.bundle, list(prompts) + (list(negative_prompts) if guided else []),
+                              options.max_chunks)
+        context, pooled = encode_texts(self.bundle, prompts, chunks, options.clip_skip)
+        time_ids = None
+        if self.bundle.spec.family == "sdxl":
+            target = (options.height, options.width)
+            original = tuple(options.original_size or target)
+            time_ids = size_embedding_inputs(original, options.crop_top_left, target)
+            time_ids = np.repeat(time_ids, len(prompts), axis=0)
+        if not guided:
+            return context, pooled, time_ids
+        neg_context, neg_pooled = encode_negatives(self.bundle, negative_prompts, chunks, options.clip_skip)
+        context = np.concatenate([neg_context, context])
+        if pooled is not None:
+            pooled = np.concatenate([neg_pooled, pooled])
+            original_neg = tuple(options.original_size_negative or options.original_size or
+                                 (options.height, options.width))
+            neg_ids = size_embedding_inputs(original_neg, options.crop_top_left, (options.height, options.width))
+            time_ids = np.concatenate([np.repeat(neg_ids, len(prompts), axis=0), time_ids])
+        return context, pooled, time_ids
+
+    def latents(self, prompts, negative_prompts, seeds, options: SamplingOptions, initial_latents=None):
+        """Sample latents for a batch (before VAE decoding)."""
+        if len(prompts) != len(seeds) or len(prompts) != len(negative_prompts):
+            raise ValueError("prompts, negative prompts and seeds must have the same length")
+        width, height = int(options.width), int(options.height)
+        if width % LATENT_FACTOR or height % LATENT_FACTOR:
+            raise UserError(f"image size {width}x{height}: width and height must be multiples of 8")
+        context, pooled, time_ids = self.conditioning(prompts, negative_prompts, options)
+        model = make_model_fn(self.bundle.unet, context, options.scale, pooled, time_ids, cells=self._unet_cells)
+        noise = samplers.PerImageNoise(seeds)
+        shape = (len(prompts), self.bundle.spec.unet.get("in_channels", 4),
+                 height // LATENT_FACTOR, width // LATENT_FACTOR)
+        start = noise(shape) if initial_latents is None else np.asarray(initial_latents, np.float32)
+        schedule = make_schedule(zero_terminal_snr=options.zero_terminal_snr)
+        return samplers.sample(options.sampler, model, start, schedule, options.steps,
+                               v_prediction=self.v_prediction, karras=options.karras, noise_fn=noise,
+                               clip_sample=options.clip_sample)
+
+    def __call__(self, prompts, negative_prompts, seeds, options: SamplingOptions, initial_latents=None):
+        """Float images (B, H, W, 3) in [0, 1]."""
+        return self.decode(self.latents(prompts, negative_prompts, seeds, options, initial_latents))
+
+
+def text_to_image(bundle, prompts, negative_prompts=None, seeds=None, options=None, initial_latents=None):
+    """One-shot helper: uint8 images (B, H, W, 3). For many batches keep a `Pipeline` (compiled once)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    negative_prompts = [""] * len(prompts) if negative_prompts is None else list(negative_prompts)
+    seeds = list(range(len(prompts))) if seeds is None else list(seeds)
+    images = Pipeline(bundle)(prompts, negative_prompts, seeds, options or SamplingOptions(), initial_latents)
+    return to_uint8(images)
+
+
+def to_uint8(images):
+    return np.round(images * 255.0).astype(np.uint8)
