@@ -67,13 +67,13 @@ def load_model(path, model_config=None, v2=None, v_parameterization=None, sdxl=N
                            v_parameterization=v_parameterization, sdxl=sdxl, global_step=global_step)
         components, unexpected, _ = split_single_file(tensors, spec)
         del tensors
+    if vae is not None:
+        components["vae"] = read_vae(vae, spec, allow_pickle)
+        unexpected = [name for name in unexpected if not name.startswith(VAE_PREFIX)]
     with lazy_parameters():  # every weight is loaded below: skip the random initialisation
         bundle = build_bundle(spec, with_tokenizers=not os.path.isdir(path))
     if os.path.isdir(path):
         bundle.tokenizers = _folder_tokenizers(path, spec)
-    if vae is not None:
-        components["vae"] = read_vae(vae, spec, allow_pickle)
-        unexpected = [name for name in unexpected if not name.startswith(VAE_PREFIX)]
     load_components(bundle, components, unexpected, source=path, from_folder=os.path.isdir(path))
     return bundle
 
