@@ -42,7 +42,8 @@ class SoftmaxAttention(nn.Cell):
         scores = self.qk(q, k) * self.scale
         if self.with_mask:
             scores = scores + mask
-        return self.softmax(scores)
+        # softmax stays fp32 under mixed precision (a no-op cast in fp32)
+        return self.softmax(scores.astype(ms.float32)).astype(q.dtype)
 
     def construct(self, q, k, v, mask):
         return self.pv(self._probs(q, k, mask), v)
@@ -73,7 +74,8 @@ class PlainAttention(nn.Cell):
         scores = self.qk(q, k) * self.scale
         if self.with_mask:
             scores = scores + mask
-        return self.pv(self.softmax(scores), v)
+        probs = self.softmax(scores.astype(ms.float32)).astype(v.dtype)  # softmax in fp32
+        return self.pv(probs, v)
 
 
 class AttentionCore(nn.Cell):

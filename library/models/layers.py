@@ -40,6 +40,13 @@ def lazy_parameters():
             yield
 
 
+def maybe_recompute(cell, enabled):
+    """Gradient checkpointing for one block: its activations are recomputed in the backward pass."""
+    if enabled:
+        cell.recompute()
+    return cell
+
+
 class Linear(nn.Cell):
     """y = x W^T + b with W [out, in] (torch layout), over the last axis of any-rank input."""
 
