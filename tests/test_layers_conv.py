@@ -92,3 +92,17 @@ def test_frozen_weight_still_gives_input_grad_and_adapters_add():
 
 def test_one_by_one_conv_stays_native():
     assert not isinstance(Conv2d(4, 4, 1).conv, Im2colConv2d)
+
+
+@pytest.mark.parametrize("stride,padding,size", [(1, 1, 7), (2, 1, 8), (2, 0, 9)])
+def test_banded_forward_for_large_inputs_matches_torch(stride, padding, size):
+    rs = np.random.RandomState(size)
+    x = rs.randn(2, 3, size, size).astype(np.float32)
+    w = rs.randn(4, 3, 3, 3).astype(np.float32)
+    ho = (size + 2 * padding - 3) // stride + 1
+    banded = Im2colConv2d(3, stride, padding, max_elements=27 * ho * 2)  # bands of 2 output rows
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=stride,
+                                          padding=padding).numpy()
+    got = banded(Tensor(x), Tensor(w)).asnumpy()
+    assert got.shape == expected.shape
+    assert _rel(got, expected) <= 1e-5

@@ -71,20 +71,27 @@ class Linear(nn.Cell):
         return y
 
 
+# Above this many column elements (256 MB of fp32; e.g. a VAE at 1024 px: 9 x 128 x 1024^2 per sample) the
+# forward is done per sample in bands of output rows, so im2col never needs more memory than this.
+IM2COL_MAX_ELEMENTS = 1 << 26
+
+
 class Im2colConv2d(nn.Cell):
     """conv2d(x, weight) (no bias) as unfold + one 2-D MatMul per sample, with a custom backward.
 
     A broadcast batched matmul would copy W per sample and indexing `cols[b]` becomes a slow StridedSlice in
     graph mode, hence `unstack`. The backward gives dx = fold(W^T dy) and dW from the native
     Conv2DBackpropFilter kernel (fast on CPU); when the weight is frozen the graph drops the unused dW.
-    The weight comes in as an input because a bprop cannot reference Parameters.
+    The weight comes in as an input because a bprop cannot reference Parameters. Large inputs (VAE
+    encode/decode) run the forward in row bands; the backward is not banded (training sizes are latents).
     """
 
-    def __init__(self, kernel_size, stride=1, padding=0):
+    def __init__(self, kernel_size, stride=1, padding=0, max_elements=IM2COL_MAX_ELEMENTS):
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding
+        self.max_elements = max_elements
         self.matmul = ops.MatMul()
         self.matmul_ta = ops.MatMul(transpose_a=True)
         self.weight_grad = _grad_ops.Conv2DBackpropFilter(
@@ -95,12 +102,33 @@ class Im2colConv2d(nn.Cell):
         return (size + 2 * self.padding - self.kernel_size) // self.stride + 1
 
     def construct(self, x, weight):
-        b, _, h, w = x.shape
+        b, c, h, w = x.shape
         cout = weight.shape[0]
-        cols = ops.unfold(x, self.kernel_size, 1, self.padding, self.stride)
+        ho, wo = self._out_size(h), self._out_size(w)
         w2d = weight.reshape(cout, -1)
+        if b * c * self.kernel_size * self.kernel_size * ho * wo > self.max_elements:
+            return self._banded(x, w2d, ho, wo)
+        cols = ops.unfold(x, self.kernel_size, 1, self.padding, self.stride)
         outs = [self.matmul(w2d, sample_cols) for sample_cols in ops.unstack(cols, 0)]
-        return ops.stack(outs, 0).reshape(b, cout, self._out_size(h), self._out_size(w))
+        return ops.stack(outs, 0).reshape(b, cout, ho, wo)
+
+    def _banded(self, x, w2d, ho, wo):
+        k, s = self.kernel_size, self.stride
+        col_rows = w2d.shape[1]
+        rows = max(1, self.max_elements // (col_rows * wo))
+        if self.padding:
+            p = self.padding
+            x = ops.pad(x, (p, p, p, p))
+        samples = []
+        for sample in ops.unstack(x, 0):
+            sample = sample.expand_dims(0)
+            bands = []
+            for r0 in range(0, ho, rows):
+                r1 = min(ho, r0 + rows)
+                cols = ops.unfold(sample[:, :, r0 * s:(r1 - 1) * s + k, :], k, 1, 0, s)
+                bands.append(self.matmul(w2d, cols.reshape(col_rows, -1)))
+            samples.append(ops.concat(bands, 1))
+        return ops.stack(samples, 0).reshape(x.shape[0], w2d.shape[0], ho, wo)
 
     def bprop(self, x, weight, out, dout):
         b, _, h, w = x.shape
