@@ -46,7 +46,6 @@ class Pipeline:
 
     def __init__(self, bundle):
         self.bundle = bundle
-        self._unet_cells = {}
         self._vae_decode = None
 
     @property
@@ -93,7 +92,7 @@ class Pipeline:
         if width % LATENT_FACTOR or height % LATENT_FACTOR:
             raise UserError(f"image size {width}x{height}: width and height must be multiples of 8")
         context, pooled, time_ids = self.conditioning(prompts, negative_prompts, options)
-        model = make_model_fn(self.bundle.unet, context, options.scale, pooled, time_ids, cells=self._unet_cells)
+        model = make_model_fn(self.bundle.unet, context, options.scale, pooled, time_ids)
         noise = samplers.PerImageNoise(seeds)
         shape = (len(prompts), self.bundle.spec.unet.get("in_channels", 4),
                  height // LATENT_FACTOR, width // LATENT_FACTOR)
