@@ -22,6 +22,7 @@ def main():
     parser.add_argument("--size", type=int, default=32, help="latent side (32 or 64 for SD1 level 0)")
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--with-slow", action="store_true", help="also time the native MindSpore 3x3 conv")
+    parser.add_argument("--cases", default="conv3x3,attention,groupnorm", help="comma-separated subset")
     args = parser.parse_args()
 
     from library import device
@@ -134,6 +135,8 @@ def main():
     print(f"forward+backward, B{b} C{c} {s}x{s}; attention {heads}x{dim}, S={tokens}; "
           f"median of {args.reps} interleaved reps (first call = compile, not timed)")
     for name, steps in cases.items():
+        if name not in args.cases.split(","):
+            continue
         for step in steps.values():
             step()
         times = {label: [] for label in steps}
