@@ -89,3 +89,30 @@ def test_unknown_sampler_lists_the_valid_names(files, capsys):
         run_cli(main, ["--ckpt", files["ckpt"], "--prompt", "x", "--sampler", "nope"])
     err = capsys.readouterr().err
     assert "nope" in err and "dpmsolver++" in err
+
+
+def test_training_samples_use_kohya_names(files):
+    import argparse
+    import re
+
+    from library.checkpoints import load_model
+    from library.sampling.training_samples import TrainingSampler
+
+    prompt_file = files["root"] / "samples.txt"
+    prompt_file.write_text("# comment\nmytok photo --d 3 --w 64 --h 64 --s 2\nplain --w 64 --h 64 --s 2 --ss euler\n",
+                           encoding="utf-8")
+    args = argparse.Namespace(sample_prompts=str(prompt_file), sample_sampler="ddim", output_dir=str(files["root"]),
+                              output_name="run", clip_skip=None, seed=11)
+    seen = []
+    sampler = TrainingSampler(args, load_model(files["ckpt"]), prompt_rewrite=lambda t: seen.append(t) or t)
+    step_paths = sampler(step=10)
+    epoch_paths = sampler(step=20, epoch=2)
+    names = [os.path.relpath(p, str(files["root"])) for p in step_paths + epoch_paths]
+    assert re.fullmatch(r"sample/run_000010_00_\d{14}_3\.png", names[0])
+    assert re.fullmatch(r"sample/run_000010_01_\d{14}\.png", names[1])  # no --d: no seed suffix, as kohya
+    assert re.fullmatch(r"sample/run_e000002_00_\d{14}_3\.png", names[2])
+    assert "mytok photo" in seen
+    texts, first = _png_texts(step_paths[0])
+    assert "Seed: 3" in texts["parameters"] and "Sampler: DDIM" in texts["parameters"]
+    assert np.array_equal(first, _png_texts(epoch_paths[0])[1])  # same weights, same seed -> same image
+    assert "Sampler: Euler" in _png_texts(step_paths[1])[0]["parameters"]

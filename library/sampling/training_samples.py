@@ -7,6 +7,7 @@ clamping); the default size is the model's own resolution (kohya: 512 whatever t
 import random
 
 from ..diffusion.prompt_file import load_prompt_file, resolve_prompt_settings
+from ..diffusion.samplers import resolve_sampler
 from .embeddings import expand_prompt
 from .pipeline import Pipeline, SamplingOptions, to_uint8
 from .png_output import a1111_parameters, sample_file_name, save_png, timestamp
@@ -23,12 +24,14 @@ def _pipeline(bundle):
 
 
 def generate_samples(bundle, prompts, output_dir, *, sampler="ddim", output_name=None, epoch=None, steps=None,
-                     clip_skip=None, token_expansions=None, default_seed=None):
+                     clip_skip=None, token_expansions=None, default_seed=None, prompt_rewrite=None):
     """Generate one image per prompt; returns the written paths.
 
     prompts: a prompt file path (.txt/.toml/.json) or a list of prompt strings / kohya prompt dicts.
     token_expansions: {token string: vectors} so a textual-inversion trigger reads `T T1 ... T{N-1}`.
     default_seed: seeds for prompts without `--d` are drawn from it (random when None, as kohya).
+    prompt_rewrite: optional `fn(text) -> text` applied to prompt and negative prompt (the TI trainer's
+    token-string expansion).
     """
     if isinstance(prompts, str):
         entries = load_prompt_file(prompts)
@@ -49,6 +52,8 @@ def generate_samples(bundle, prompts, output_dir, *, sampler="ddim", output_name
                                   sampler=settings["sample_sampler"], clip_skip=clip_skip, clip_sample=True)
         prompt = expand_prompt(settings["prompt"], token_expansions)
         negative = expand_prompt(settings["negative_prompt"], token_expansions)
+        if prompt_rewrite is not None:
+            prompt, negative = prompt_rewrite(prompt), prompt_rewrite(negative) if negative else negative
         image = to_uint8(pipeline([prompt], [negative], [seed], options))[0]
         path = sample_file_name(output_dir, entry.get("enum", index), explicit_seed, output_name=output_name,
                                 epoch=epoch, steps=steps, stamp=timestamp())
@@ -57,3 +62,25 @@ def generate_samples(bundle, prompts, output_dir, *, sampler="ddim", output_name
                                       clip_skip=clip_skip)
         paths.append(save_png(path, image, {"parameters": parameters, "prompt": settings["prompt"], "seed": seed}))
     return paths
+
+
+class TrainingSampler:
+    """The trainers' `sample_fn(step=, epoch=)`: kohya's --sample_prompts / --sample_sampler / --output_name.
+
+    The prompt file is read (and checked) when training starts; seeds without `--d` come from --seed.
+    """
+
+    def __init__(self, args, bundle, prompt_rewrite=None):
+        self.args = args
+        self.bundle = bundle
+        self.prompt_rewrite = prompt_rewrite
+        self.prompts = load_prompt_file(args.sample_prompts)
+        resolve_sampler(getattr(args, "sample_sampler", None) or "ddim", option="--sample_sampler")
+
+    def __call__(self, step=None, epoch=None):
+        args = self.args
+        return generate_samples(self.bundle, self.prompts, getattr(args, "output_dir", None) or ".",
+                                sampler=getattr(args, "sample_sampler", None) or "ddim",
+                                output_name=getattr(args, "output_name", None), epoch=epoch, steps=step,
+                                clip_skip=getattr(args, "clip_skip", None),
+                                default_seed=getattr(args, "seed", None), prompt_rewrite=self.prompt_rewrite)
