@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 import torch
-from mindspore import Tensor, nn
+import mindspore as ms
+from mindspore import Tensor
 
 from library.errors import UserError
 from library.models.clip import EOS_TOKEN_ID, CLIPTextModel
@@ -40,17 +41,16 @@ def test_sd1_clip_skip_2_with_150_tokens():
     assert rel_err(context, expected) <= TOL
 
 
-class BothConditioners(nn.Cell):
-    def __init__(self, first, second):
-        super().__init__()
-        self.first = first
-        self.second = second
+@pytest.fixture
+def pynative():
+    """Eager mode for the 23/24-layer encoders: compiling those graphs would dominate the test time, and the
+    graph-mode path of the same code is covered by the SD1 and SDXL tests."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=ms.GRAPH_MODE)
 
-    def construct(self, ids):
-        return self.first(ids)[0], self.second(ids)[0]
 
-
-def test_sd2_conditions_on_layer_23_of_openclip_with_either_layer_count():
+def test_sd2_conditions_on_layer_23_of_openclip_with_either_layer_count(pynative):
     # A full 24-layer OpenCLIP tower uses its penultimate layer + final LN; diffusers' 23-layer copy of the
     # same tower (last layer dropped) uses its last layer + final LN: both must give the same context.
     config = tiny_config(hidden_size=8, intermediate_size=16, num_hidden_layers=24, hidden_act="gelu",
@@ -62,11 +62,10 @@ def test_sd2_conditions_on_layer_23_of_openclip_with_either_layer_count():
     with torch.no_grad():
         out = reference(torch.from_numpy(ids), output_hidden_states=True)
         expected = reference.final_layer_norm(out.hidden_states[23])
-    # one graph for both (the layers' compiled graph is shared, which keeps this deep test fast)
-    context_full, context_cut = BothConditioners(TextConditioner([full], "sd2"), TextConditioner([cut], "sd2"))(
-        Tensor(ids.astype(np.int32)))
-    assert rel_err(context_full, expected) <= TOL
-    assert rel_err(context_cut, expected) <= TOL
+    for model in (full, cut):
+        context, pooled = TextConditioner([model], "sd2")(Tensor(ids.astype(np.int32)))
+        assert pooled is None
+        assert rel_err(context, expected) <= TOL
 
 
 def test_sdxl_context_and_pooled_with_225_tokens():

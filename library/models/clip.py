@@ -110,28 +110,8 @@ class CLIPMLP(nn.Cell):
         return self.fc2(self.activation(self.fc1(x)))
 
 
-_PLAIN_TYPES = (bool, int, float, str, tuple, type(None))
-
-
-def structure_fingerprint(cell):
-    """Equal for two cells exactly when one compiled graph can serve both: the same classes, parameter
-    names/shapes/dtypes, flags and plain attributes (a LoRA adapter's multiplier, the recompute switch...)."""
-    parts = []
-    for name, sub in cell.cells_and_names():
-        attrs = sorted((k, v) for k, v in vars(sub).items() if not k.startswith("_") and isinstance(v, _PLAIN_TYPES))
-        parts.append(f"{name}:{type(sub).__name__}:{attrs}:{sorted(sub.get_flags().items())}")
-    parts.extend(f"{name}{tuple(p.shape)}{p.dtype}" for name, p in cell.parameters_and_names())
-    return "|".join(parts)
-
-
 class CLIPEncoderLayer(nn.Cell):
-    """Pre-norm transformer block.
-
-    MindSpore compiles one graph per identical layer and reuses it (cell reuse, "lazy inline" with the front
-    policy): this halves the compile time of a 12-layer encoder. The reuse key is computed from the layer's
-    current structure rather than fixed at construction, so layers changed later (LoRA adapters added,
-    recompute switched on) never share a graph with layers they no longer match.
-    """
+    """Pre-norm transformer block."""
 
     def __init__(self, config):
         super().__init__()
@@ -141,15 +121,6 @@ class CLIPEncoderLayer(nn.Cell):
         self.layer_norm2 = LayerNorm(dim, eps=eps)
         self.mlp = CLIPMLP(config)
         self.gradient_checkpointing = False
-        self.no_inline = False  # compile as a reusable subgraph, inlined afterwards
-
-    def _reuse_key(self):
-        # MindSpore only reuses cells whose key starts with this prefix (what @lazy_inline writes).
-        return "lazy_inline_" + type(self).__name__ + "|" + structure_fingerprint(self)
-
-    # MindSpore reads the reuse key from these attributes; the setters ignore the values it assigns.
-    cell_init_args = property(_reuse_key, lambda self, value: None)
-    _cell_init_args = property(_reuse_key, lambda self, value: None)
 
     def construct(self, x, mask):
         x = x + self.self_attn(self.layer_norm1(x), mask)
@@ -285,8 +256,8 @@ class CLIPTextModel(nn.Cell):
         if embedding.new_rows is not None and tuple(embedding.new_rows.shape) == tuple(rows.shape):
             embedding.new_rows.set_data(data)
             return embedding.new_rows
-        # The table's full name carries the prefix its parents gave it; the new Parameter must match it so
-        # names stay unique when two encoders (SDXL) train together.
+        # Same prefix as the table's name (the one its parents gave it so far); a parent attached later
+        # re-prefixes both. Two standalone encoders (SDXL) therefore name their rows alike until wrapped.
         prefix = embedding.weight.name[: -len("weight")]
         embedding.new_rows = Parameter(data, name=prefix + "new_rows")
         self._structure_changed()
