@@ -24,7 +24,8 @@ class TextualInversion(DiffusionMethod):
         params = [encoder.set_new_token_rows(r) for encoder, r in zip(bundle.text_encoders, rows)]
         for p in params:
             p.requires_grad = True
-        self.trainable = {p.name: p for p in params}
+        # keyed by encoder: standalone encoders (SDXL's two) give their rows the same parameter name
+        self.trainable = {f"text_encoder_{index}.new_rows": p for index, p in enumerate(params)}
         self.build_objective()
 
     # ------------------------------------------------------------------ initial vectors
