@@ -44,7 +44,7 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 
 
-@pytest.mark.parametrize("causal,sq,sk", [(False, 6, 6), (False, 5, 7), (True, 7, 7)])
+@pytest.mark.parametrize("causal,sq,sk", [(False, 5, 7), (True, 7, 7)])
 def test_custom_backward_matches_autodiff_and_torch(causal, sq, sk):
     heads, dim = 2, 8
     rs = np.random.RandomState(sq * 10 + sk + causal)

@@ -42,7 +42,7 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
 
 
-@pytest.mark.parametrize("stride,padding,size", [(1, 1, 7), (2, 1, 8), (2, 0, 9), (1, 0, 6)])
+@pytest.mark.parametrize("stride,padding,size", [(1, 1, 7), (2, 1, 8), (2, 0, 9)])
 def test_im2col_conv_matches_native_and_torch(stride, padding, size):
     conv = Conv2d(4, 6, 3, stride=stride, padding=padding)
     assert isinstance(conv.conv, Im2colConv2d)  # the tests run on the CPU
