@@ -66,6 +66,7 @@ def torch_step_fn(spec, x, weights_path):
 
 
 def ours_step_fn(spec, x, weights_path):
+    import numpy as np
     import mindspore as ms
     from mindspore import nn
     from safetensors.numpy import load_file
@@ -85,21 +86,24 @@ def ours_step_fn(spec, x, weights_path):
             super().__init__()
             self.model = model
 
-        def construct(self, sample, timesteps, context, *extra):
-            return (self.model(sample, timesteps, context, *extra) ** 2).mean()
+        def construct(self, sample, timesteps, context, text_embeds, time_ids):
+            return (self.model(sample, timesteps, context, text_embeds, time_ids) ** 2).mean()
 
     class LossAndContextGrad(nn.Cell):
         def __init__(self, loss):
             super().__init__()
             self.value_and_grad = ms.value_and_grad(loss, grad_position=2)
 
-        def construct(self, sample, timesteps, context, *extra):
-            return self.value_and_grad(sample, timesteps, context, *extra)
+        # explicit arguments: *args in a graph-mode construct broke the conv layer's custom bprop
+        def construct(self, sample, timesteps, context, text_embeds, time_ids):
+            return self.value_and_grad(sample, timesteps, context, text_embeds, time_ids)
 
     step_cell = LossAndContextGrad(Loss(unet))
     args = [ms.Tensor(x["sample"]), ms.Tensor(x["timesteps"]), ms.Tensor(x["context"])]
     if "time_ids" in x:
         args += [ms.Tensor(x["text_embeds"]), ms.Tensor(x["time_ids"])]
+    else:  # unused by SD1/SD2 UNets
+        args += [ms.Tensor(np.zeros((1, 1), np.float32)), ms.Tensor(np.zeros((1, 6), np.float32))]
 
     def step():
         loss, grad = step_cell(*args)

@@ -7,6 +7,12 @@ from mindspore import nn, ops, Tensor
 
 from .layers import Linear
 
+# primitives: cheaper to compile than the functional wrappers
+_concat_last = ops.Concat(axis=-1)
+_cos = ops.Cos()
+_sin = ops.Sin()
+_reshape = ops.Reshape()
+
 
 def timestep_frequencies(embedding_dim, downscale_freq_shift=0.0, max_period=10000):
     """exp(-ln(max_period) * i / (half - shift)) for i < half, as float32 numpy (diffusers' exponent)."""
@@ -28,13 +34,13 @@ class Timesteps(nn.Cell):
         self.freqs = Tensor(timestep_frequencies(num_channels, downscale_freq_shift)[None, :])
 
     def construct(self, timesteps):
-        args = timesteps.astype(ms.float32).reshape(-1, 1) * self.freqs
+        args = _reshape(timesteps.astype(ms.float32), (-1, 1)) * self.freqs
         if self.flip_sin_to_cos:
-            emb = ops.concat((ops.cos(args), ops.sin(args)), -1)
+            emb = _concat_last((_cos(args), _sin(args)))
         else:
-            emb = ops.concat((ops.sin(args), ops.cos(args)), -1)
+            emb = _concat_last((_sin(args), _cos(args)))
         if self.num_channels % 2 == 1:
-            emb = ops.concat((emb, ops.zeros((emb.shape[0], 1), emb.dtype)), -1)
+            emb = _concat_last((emb, ops.zeros((emb.shape[0], 1), emb.dtype)))
         return emb
 
 
@@ -54,6 +60,6 @@ class TimestepEmbedding(nn.Cell):
 def text_time_embedding(add_time_proj, add_embedding, text_embeds, time_ids):
     """(B, pooled) and (B, 6) -> (B, time_embed_dim): the term SDXL adds to the timestep embedding."""
     b = time_ids.shape[0]
-    time_embeds = add_time_proj(time_ids.reshape(-1)).reshape(b, -1)
-    add_embeds = ops.concat((text_embeds.astype(time_embeds.dtype), time_embeds), -1)
+    time_embeds = _reshape(add_time_proj(_reshape(time_ids, (-1,))), (b, -1))
+    add_embeds = _concat_last((text_embeds.astype(time_embeds.dtype), time_embeds))
     return add_embedding(add_embeds)

@@ -9,6 +9,8 @@ from mindspore import nn, ops
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer import Transformer2DModel
 
+_concat_channels = ops.Concat(axis=1)  # primitive: no wrapper graph to parse per call site
+
 
 def _transformers(count, channels, heads, layers, cross_attention_dim, groups, use_linear_projection):
     # diffusers derives the per-head width from the level's channels and its head count
@@ -109,7 +111,7 @@ class UpBlock2D(nn.Cell):
     def construct(self, hidden_states, skip_states, temb, encoder_hidden_states=None):
         for i, resnet in enumerate(self.resnets):
             skip = skip_states[len(skip_states) - 1 - i]  # consumed from the last one
-            hidden_states = resnet(ops.concat((hidden_states, skip), 1), temb)
+            hidden_states = resnet(_concat_channels((hidden_states, skip)), temb)
         if self.upsamplers is not None:
             hidden_states = self.upsamplers[0](hidden_states)
         return hidden_states
@@ -129,7 +131,7 @@ class CrossAttnUpBlock2D(UpBlock2D):
     def construct(self, hidden_states, skip_states, temb, encoder_hidden_states=None):
         for i, (resnet, attention) in enumerate(zip(self.resnets, self.attentions)):
             skip = skip_states[len(skip_states) - 1 - i]
-            hidden_states = resnet(ops.concat((hidden_states, skip), 1), temb)
+            hidden_states = resnet(_concat_channels((hidden_states, skip)), temb)
             hidden_states = attention(hidden_states, encoder_hidden_states)
         if self.upsamplers is not None:
             hidden_states = self.upsamplers[0](hidden_states)
