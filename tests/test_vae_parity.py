@@ -7,6 +7,7 @@ from mindspore import Tensor
 
 from library.errors import UserError
 from library.models.configs import get_spec
+from library.models.layers import lazy_parameters
 from library.models.vae import AutoencoderKL, VAEDecode, VAEEncode
 from library.models.weights import load_state_dict, state_dict
 
@@ -93,3 +94,17 @@ def test_tiny_spec_vae_builds_and_bad_config_names_the_key():
     assert any(k.startswith("decoder.up_blocks.3.resnets.2.") for k in state_dict(vae))
     with pytest.raises(UserError, match="down_block_types"):
         AutoencoderKL(dict(TINY, down_block_types=["DownBlock2D"] * 2))
+
+
+@pytest.mark.parametrize("spec_name", ["sd15", "sdxl-base"])
+def test_full_size_vae_names_and_shapes_match_diffusers_without_allocating(spec_name):
+    config = get_spec(spec_name).vae
+    with torch.device("meta"):
+        ref = TorchAutoencoderKL(**config)
+    with lazy_parameters():
+        ours = AutoencoderKL(config)
+    got = {name: tuple(p.shape) for name, p in ours.parameters_and_names()}
+    assert all(p.has_init for p in ours.get_parameters())  # nothing allocated
+    expected = {k: tuple(v.shape) for k, v in ref.state_dict().items() if "Conv2d_0" not in k}
+    assert got == expected
+    assert sum(int(np.prod(s)) for s in got.values()) == 83_653_863
