@@ -49,7 +49,17 @@ def load_networks(bundle, weights, modules=None, multipliers=None, merge=False, 
         else:
             network.apply()
         loaded.append(LoadedNetwork(path=str(path), network=network, multiplier=multiplier, merged=merge))
+    if loaded:
+        _forget_compiled_text_conditioners()
     return loaded
+
+
+def _forget_compiled_text_conditioners():
+    """Text conditioners compiled before the LoRA was applied would keep running the graph without it:
+    the network re-keys its target cells, not the conditioner that holds them. Drop them from the cache."""
+    from ..models import text_conditioning
+
+    text_conditioning._CONDITIONER_CACHE.clear()
 
 
 def set_multipliers(networks, multipliers):
