@@ -24,6 +24,16 @@ class _TargetRef:
         self.layer = layer
 
 
+def write_param(param, array):
+    """Write values so already compiled graphs see them (set_data only swaps the Python-side tensor once a
+    graph holds the parameter; see models.weights.assign_array). Keeps 0-dim shapes."""
+    value = Tensor(np.array(array, dtype=np.float32).reshape(param.shape)).astype(param.dtype)
+    if getattr(param, "has_init", False):
+        param.set_data(value)
+    else:
+        ops.assign(param, value)
+
+
 def kaiming_uniform_a_sqrt5(shape, rng):
     """torch.nn.init.kaiming_uniform_(w, a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in * k * k."""
     fan_in = int(np.prod(shape[1:]))
@@ -99,7 +109,7 @@ class LoRAModule(nn.Cell):
         self._refresh_scale()
 
     def _refresh_scale(self):
-        self.multiplier_scale.set_data(Tensor(np.float32(self.multiplier * self.scale)))
+        write_param(self.multiplier_scale, self.multiplier * self.scale)
 
     # ------------------------------------------------------------------ forward
 
@@ -149,8 +159,8 @@ class LoRAModule(nn.Cell):
             if tuple(array.shape) != tuple(param.shape):
                 raise ValueError(f"{self.lora_name}.{name}.weight: file {tuple(array.shape)} vs model "
                                  f"{tuple(param.shape)}")
-        self.lora_down.weight.set_data(Tensor(down).astype(self.lora_down.weight.dtype))
-        self.lora_up.weight.set_data(Tensor(up).astype(self.lora_up.weight.dtype))
+        write_param(self.lora_down.weight, down)
+        write_param(self.lora_up.weight, up)
         if alpha is not None:
             self.set_alpha(float(np.asarray(alpha).reshape(())))
 
@@ -158,8 +168,7 @@ class LoRAModule(nn.Cell):
         """W += multiplier * alpha/r * up @ down on the target layer (inference; the adapter stays separate)."""
         multiplier = self.multiplier if multiplier is None else float(multiplier)
         weight = self.target.layer.weight
-        merged = weight.asnumpy().astype(np.float32) + multiplier * self.delta_weight()
-        weight.set_data(Tensor(merged).astype(weight.dtype))
+        write_param(weight, weight.asnumpy().astype(np.float32) + multiplier * self.delta_weight())
 
     def trainable(self):
         return [self.lora_down.weight, self.lora_up.weight]

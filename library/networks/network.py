@@ -9,11 +9,10 @@ import itertools
 import time
 
 import numpy as np
-from mindspore import Tensor
 
 from ..errors import UserError
 from .family import check_family, describe
-from .lora import LoRAModule, lora_delta
+from .lora import LoRAModule, lora_delta, write_param
 from .naming import text_encoder_targets, unet_targets
 
 KEY_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
@@ -239,8 +238,8 @@ class LoRANetwork:
             if ratio != 1:
                 keys_scaled += 1
                 root = np.float32(ratio ** 0.5)
-                module.lora_down.weight.set_data(Tensor(down * root).astype(module.lora_down.weight.dtype))
-                module.lora_up.weight.set_data(Tensor(up * root).astype(module.lora_up.weight.dtype))
+                write_param(module.lora_down.weight, down * root)
+                write_param(module.lora_up.weight, up * root)
             norms.append(norm * ratio)
         if not norms:
             return 0, 0.0, 0.0
