@@ -1,6 +1,7 @@
 """Seconds per image: our pipeline vs diffusers' on the same tiny SD1 / SDXL weights, same sampler and steps.
 
     python bench/gen_tiny.py [--steps 20] [--sampler euler] [--size 64] [--repeats 3] [--models tiny-sd15 tiny-sdxl]
+                             [--torch_threads 1]
 
 Both run on the CPU with batch 1 and CFG on; the first (compiling / warm-up) call is not timed; the figure is
 the median of the timed runs. Prints one line per model with the ratio ours / diffusers.
@@ -66,7 +67,13 @@ def main():
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="*", default=["tiny-sd15", "tiny-sdxl"])
+    parser.add_argument("--torch_threads", type=int, default=None,
+                        help="torch intra-op threads (on a loaded 2-core machine 1 was ~10x faster than 2)")
     args = parser.parse_args()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     from library import device
 
     device.setup()
