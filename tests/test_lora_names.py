@@ -55,7 +55,8 @@ def test_sd15_counts_and_names(sd15):
                  "lora_unet_up_blocks_1_resnets_2_time_emb_proj"):
         assert name in conv_names
     kinds = {t.lora_name: t.is_conv3x3 for t in conv}
-    assert kinds["lora_unet_down_blocks_0_resnets_0_conv1"] and not kinds["lora_unet_up_blocks_1_resnets_2_time_emb_proj"]
+    assert kinds["lora_unet_down_blocks_0_resnets_0_conv1"]
+    assert not kinds["lora_unet_up_blocks_1_resnets_2_time_emb_proj"]
     assert not kinds["lora_unet_down_blocks_1_resnets_0_conv_shortcut"]
 
 
