@@ -141,30 +141,29 @@ def test_network_args():
         parse_network_args(["block_dims=2,2"])
 
 
-def test_load_lora_for_generation_merge_and_apply(tmp_path, tiny_sd15):
+
+def test_merge_into_base_adds_the_scaled_delta(tmp_path, tiny_sd15):
+    """What gen_img's --network_merge relies on: a network built from a file's dims merges W + m*alpha/r*up@down."""
     from types import SimpleNamespace
 
-    from library.formats.lora import save_lora
+    from library.formats.lora import read_lora_file, save_lora
     from library.models.weights import state_dict
-    from library.networks.loading import load_lora
+    from library.networks import create_network_from_weights
 
     spec, unet, encoders = tiny_sd15
     source = _trained(LoRANetwork(unet, encoders, "sd1", spec.unet, network_dim=2, network_alpha=1.0,
                                   conv_dim=2, seed=0), 4)
     path = tmp_path / "x.safetensors"
     save_lora(path, source.state_dict())
-
     fresh = SimpleNamespace(spec=spec, unet=UNet2DConditionModel(spec.unet),
                             text_encoders=[build_text_encoder(spec.text_encoders[0])])
     before = {k: v.copy() for k, v in state_dict(fresh.unet).items()}
-    network, _ = load_lora(fresh, path, multiplier=0.5, merge=True)
+    tensors, metadata = read_lora_file(path)
+    network = create_network_from_weights(fresh, tensors, multiplier=0.5)
+    network.load_state_dict(tensors, metadata)
+    network.merge_into_base(0.5)
     after = state_dict(fresh.unet)
     module = next(m for m in source.unet_loras if m.lora_name.endswith("resnets_0_conv1"))
     key = module.module_path + ".weight"
     np.testing.assert_allclose(after[key], before[key] + 0.5 * module.delta_weight(), rtol=1e-5, atol=1e-6)
     assert len(network) == len(source) and not any(len(m.target.layer.adapters) for m in network.modules)
-
-    network, _ = load_lora(fresh, path, multiplier=0.8)
-    assert all(len(m.target.layer.adapters) == 1 and m.multiplier == 0.8 for m in network.modules)
-    network.remove()
-    assert not any(len(m.target.layer.adapters) for m in network.modules)
