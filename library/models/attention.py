@@ -25,7 +25,8 @@ def flash_attention_fits(head_dim):
 class SoftmaxAttention(nn.Cell):
     """softmax(Q K^T * scale [+ mask]) V on (B, N, S, D) tensors, with the CPU-friendly backward.
 
-    dS = P * (dO V^T - rowsum(dO * O)) * scale, where rowsum(dO * O) == rowsum(P * dP) is a sum over D.
+    dS = P * (dO V^T - rowsum(dO * O)), where rowsum(dO * O) == rowsum(P * dP) is a sum over D;
+    dQ = dS K * scale, dK = dS^T (Q * scale), dV = P^T dO.
     `mask` (additive, broadcast to (B, N, Sq, Sk)) is a constant: its gradient is zero.
     """
 
@@ -38,24 +39,26 @@ class SoftmaxAttention(nn.Cell):
         self.tn = ops.BatchMatMul(transpose_a=True)
         self.softmax = ops.Softmax(-1)
 
-    def _probs(self, q, k, mask):
-        scores = self.qk(q, k) * self.scale
+    def _probs(self, q_scaled, k, mask):
+        scores = self.qk(q_scaled, k)
         if self.with_mask:
             scores = scores + mask
         # softmax stays fp32 under mixed precision (a no-op cast in fp32)
-        return self.softmax(scores.astype(ms.float32)).astype(q.dtype)
+        return self.softmax(scores.astype(ms.float32)).astype(q_scaled.dtype)
 
     def construct(self, q, k, v, mask):
-        return self.pv(self._probs(q, k, mask), v)
+        # the scale goes on Q (S x D), not on the S x S scores: one pass less over the largest tensor
+        return self.pv(self._probs(q * self.scale, k, mask), v)
 
     def bprop(self, q, k, v, mask, out, dout):
-        p = self._probs(q, k, mask)
+        q_scaled = q * self.scale
+        p = self._probs(q_scaled, k, mask)
         dv = self.tn(p, dout)
         dp = self.qk(dout, v)
         row = (dout * out).sum(-1, keepdims=True)
-        ds = p * (dp - row) * self.scale
-        dq = self.pv(ds, k)
-        dk = self.tn(ds, q)
+        ds = p * (dp - row)
+        dq = self.pv(ds, k) * self.scale
+        dk = self.tn(ds, q_scaled)
         return dq, dk, dv, ops.zeros_like(mask)
 
 
