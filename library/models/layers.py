@@ -6,7 +6,8 @@ parameter names never change.
 
 On the CPU, k>1 convolutions run as im2col + MatMul with a custom backward (MindSpore's native CPU conv
 falls back to oneDNN's reference kernel, ~100x slower; see shared/MINDSPORE_CPU.md). Everywhere else, and for
-1x1 convs, the native conv is used.
+1x1 convs, the native conv is used (on the CPU a 1x1 conv was faster natively than as per-sample MatMuls:
+fwd+bwd 57 vs 75 ms at (2,320,32,32)). GroupNorm on the CPU: see `LayerNormGroupNorm`.
 """
 import contextlib
 import math
