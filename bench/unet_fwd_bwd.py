@@ -1,6 +1,6 @@
 """UNet forward + backward time: ours (MindSpore GRAPH_MODE, a Cell wrapping value_and_grad) vs diffusers (torch).
 
-    python bench/unet_fwd_bwd.py [--configs tiny-sd15 tiny-sdxl sd15] [--repeats 5] [--latent N]
+    python bench/unet_fwd_bwd.py [--configs tiny-sd15 tiny-sdxl sd15] [--repeats 5] [--latent N] [--checkpointing]
 
 The gradient is taken w.r.t. the encoder hidden states (as in textual inversion: a small trainable input; no
 parameter gradients), loss = mean(prediction^2), batch 1. Each framework runs in its own worker process so
@@ -42,7 +42,7 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def torch_step_fn(spec, x, weights_path):
+def torch_step_fn(spec, x, weights_path, checkpointing):
     import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import save_file
@@ -50,6 +50,8 @@ def torch_step_fn(spec, x, weights_path):
     torch.manual_seed(0)
     model = UNet2DConditionModel(**spec.unet).eval().requires_grad_(False)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights_path)
+    if checkpointing:
+        model.enable_gradient_checkpointing()
     extra = {}
     if "time_ids" in x:
         extra["added_cond_kwargs"] = {"text_embeds": torch.tensor(x["text_embeds"]),
@@ -65,7 +67,7 @@ def torch_step_fn(spec, x, weights_path):
     return step
 
 
-def ours_step_fn(spec, x, weights_path):
+def ours_step_fn(spec, x, weights_path, checkpointing):
     import numpy as np
     import mindspore as ms
     from mindspore import nn
@@ -80,6 +82,8 @@ def ours_step_fn(spec, x, weights_path):
     with lazy_parameters():
         unet = UNet2DConditionModel(spec.unet)
     load_state_dict(unet, load_file(weights_path), source=weights_path)
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
 
     class Loss(nn.Cell):
         def __init__(self, model):
@@ -112,16 +116,16 @@ def ours_step_fn(spec, x, weights_path):
     return step
 
 
-def worker(kind, config, latent, weights_path):
+def worker(kind, config, latent, weights_path, checkpointing):
     """Reads commands on stdin ('run' / 'quit'), answers one line each on stdout."""
     from library.models.configs import get_spec
 
     spec = get_spec(config)
     x = make_inputs(spec, latent)
     if kind == "ours":
-        step = ours_step_fn(spec, x, weights_path)
+        step = ours_step_fn(spec, x, weights_path, checkpointing)
     else:
-        step = torch_step_fn(spec, x, weights_path)
+        step = torch_step_fn(spec, x, weights_path, checkpointing)
     print("ready", flush=True)
     for line in sys.stdin:
         if line.strip() == "quit":
@@ -133,9 +137,10 @@ def worker(kind, config, latent, weights_path):
 
 
 class Worker:
-    def __init__(self, kind, config, latent, weights_path):
+    def __init__(self, kind, config, latent, weights_path, checkpointing):
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--configs", config,
                "--latent", str(latent), "--weights", weights_path]
+        cmd += ["--checkpointing"] if checkpointing else []
         env = dict(os.environ, GLOG_v="3")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                      cwd=ROOT)
@@ -161,15 +166,15 @@ class Worker:
         return rss
 
 
-def bench(config, latent, repeats):
+def bench(config, latent, repeats, checkpointing):
     from library.models.configs import get_spec
 
     spec = get_spec(config)
     latent = latent or (spec.sample_size if config.startswith("tiny") else 64)
     with tempfile.TemporaryDirectory() as folder:
         weights = os.path.join(folder, "unet.safetensors")
-        torch_worker = Worker("torch", config, latent, weights)  # writes the weights both use
-        ours_worker = Worker("ours", config, latent, weights)
+        torch_worker = Worker("torch", config, latent, weights, checkpointing)  # writes the weights both use
+        ours_worker = Worker("ours", config, latent, weights, checkpointing)
         first_ours, loss_ours = ours_worker.run()
         first_torch, loss_torch = torch_worker.run()
         times = {"ours": [], "torch": []}
@@ -180,7 +185,8 @@ def bench(config, latent, repeats):
         rss_ours, rss_torch = ours_worker.finish(), torch_worker.finish()
     ours, ref = statistics.median(times["ours"]), statistics.median(times["torch"])
     loss_rel = abs(loss_ours - loss_torch) / abs(loss_torch)
-    print(f"{config:10s} latent {latent}x{latent} B1 | ours {ours * 1e3:9.1f} ms  torch {ref * 1e3:9.1f} ms  "
+    mode = " ckpt" if checkpointing else ""
+    print(f"{config:10s}{mode} latent {latent}x{latent} B1 | ours {ours * 1e3:9.1f} ms  torch {ref * 1e3:9.1f} ms  "
           f"ratio {ours / ref:5.2f} | first call ours {first_ours:6.1f} s torch {first_torch:5.2f} s | "
           f"peak RSS ours {rss_ours:6.0f} MiB torch {rss_torch:6.0f} MiB | loss rel diff {loss_rel:.1e}",
           flush=True)
@@ -191,14 +197,16 @@ def main():
     parser.add_argument("--configs", nargs="+", default=["tiny-sd15", "tiny-sdxl", "sd15"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--latent", type=int, default=0, help="latent side (0: spec's for tiny, 64 for full)")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="gradient checkpointing in both (the full UNet's activations need >10 GB otherwise)")
     parser.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.configs[0], args.latent, args.weights)
+        worker(args.worker, args.configs[0], args.latent, args.weights, args.checkpointing)
         return
     for config in args.configs:
-        bench(config, args.latent, args.repeats)
+        bench(config, args.latent, args.repeats, args.checkpointing)
 
 
 if __name__ == "__main__":
