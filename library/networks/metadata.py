@@ -39,6 +39,11 @@ def tag_frequency(items):
     return {folder: dict(counts) for folder, counts in frequency.items()}
 
 
+def _reg_images(items):
+    """kohya counts reg images before balancing them to the train images (subset repeats, not item repeats)."""
+    return sum(item.subset.num_repeats for item in items if item.is_reg)
+
+
 def dataset_metadata(group):
     """ss_datasets, ss_tag_frequency, ss_dataset_dirs and the image counts for a DatasetGroup."""
     datasets, all_items, dirs = [], [], {}
@@ -54,7 +59,7 @@ def dataset_metadata(group):
                               "img_count": sum(1 for i in items if i.subset is subset)}
         datasets.append({
             "is_dreambooth": True, "batch_size_per_device": params.batch_size,
-            "num_train_images": dataset.num_train_images, "num_reg_images": dataset.num_reg_images,
+            "num_train_images": dataset.num_train_images, "num_reg_images": _reg_images(items),
             "resolution": list(params.resolution) if params.resolution else None,
             "enable_bucket": params.enable_bucket, "min_bucket_reso": params.min_bucket_reso,
             "max_bucket_reso": params.max_bucket_reso, "tag_frequency": tag_frequency(items),
@@ -65,7 +70,7 @@ def dataset_metadata(group):
         })
     first = group.datasets[0].params if group.datasets else None
     return {
-        "num_train_images": group.num_train_images, "num_reg_images": group.num_reg_images,
+        "num_train_images": group.num_train_images, "num_reg_images": _reg_images(all_items),
         "datasets": datasets, "tag_frequency": tag_frequency(all_items), "dataset_dirs": dirs,
         "resolution": str(tuple(first.resolution)) if first and first.resolution else None,
         "batch_size_per_device": first.batch_size if first else None,
