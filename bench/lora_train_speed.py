@@ -75,7 +75,7 @@ def torch_step(spec, x, rank, folder):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lora.values(), 1.0)
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
