@@ -5,13 +5,15 @@
 The gradient is taken w.r.t. the encoder hidden states (as in textual inversion: a small trainable input; no
 parameter gradients), loss = mean(prediction^2), batch 1. Each framework runs in its own worker process so
 each peak RSS is its own; the parent alternates single timed calls between the two workers (interleaved
-repetitions, so a load change on the machine hits both) and prints medians and the ratio ours / torch. The
+repetitions, so a load change on the machine hits both; the idle worker is stopped with SIGSTOP, since an
+idle MindSpore process's spinning threads made torch up to 30x slower) and prints medians and the ratio ours / torch. The
 first call (our graph compile, torch warm-up) is reported apart and not in the median. Both use the same
 random weights (torch builds them, ours loads them by name) and the same inputs; the losses are compared as a
 sanity check. Full-size configs default to 64x64 latents, tiny ones to their spec's sample size.
 """
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -152,13 +154,20 @@ class Worker:
                 return line.split()[1:]
         raise RuntimeError(f"worker exited before answering {word!r} (exit code {self.proc.wait()})")
 
+    def pause(self):
+        # An idle MindSpore process keeps runtime threads spinning; stopped, it cannot slow the other one.
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
     def run(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
         self.proc.stdin.write("run\n")
         self.proc.stdin.flush()
         seconds, loss = self._expect("time")
+        self.pause()
         return float(seconds), float(loss)
 
     def finish(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
         self.proc.stdin.write("quit\n")
         self.proc.stdin.flush()
         rss = float(self._expect("rss")[0])
@@ -174,7 +183,9 @@ def bench(config, latent, repeats, checkpointing):
     with tempfile.TemporaryDirectory() as folder:
         weights = os.path.join(folder, "unet.safetensors")
         torch_worker = Worker("torch", config, latent, weights, checkpointing)  # writes the weights both use
+        torch_worker.pause()
         ours_worker = Worker("ours", config, latent, weights, checkpointing)
+        ours_worker.pause()
         first_ours, loss_ours = ours_worker.run()
         first_torch, loss_torch = torch_worker.run()
         times = {"ours": [], "torch": []}
