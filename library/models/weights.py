@@ -44,7 +44,8 @@ def assign_array(param, array):
     tensor only: the compiled graph keeps reading the old memory. `ops.assign` writes in place. set_data is
     still needed for a lazily initialised parameter (no memory yet).
     """
-    value = Tensor(np.ascontiguousarray(array, dtype=np.float32)).astype(param.dtype)
+    # reshape: ascontiguousarray turns 0-dim arrays (optimizer step counters) into shape (1,)
+    value = Tensor(np.ascontiguousarray(array, dtype=np.float32).reshape(np.shape(array))).astype(param.dtype)
     if getattr(param, "has_init", False):
         param.set_data(value)
     else:

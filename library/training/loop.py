@@ -90,6 +90,9 @@ class TrainingLoop:
                     if not updated:
                         continue
                     step += 1
+                    if hasattr(self.method, "after_update"):  # e.g. LoRA max-norm regularisation
+                        self.method.after_update(step)
+                    self.dataset.set_step(step)  # token warm-up counts optimizer steps
                     progress.update(step, epoch + 1, loss, self.current_lrs, norm)
                     self._set_lr(step)
                     self._after_step(step, epoch, index + 1, progress)

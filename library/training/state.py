@@ -84,9 +84,11 @@ def _assign(params, arrays, path, what):
         raise UserError(f"--resume {path}: the saved {what} do not match this run "
                         f"(missing {missing[:3]}, unexpected {extra[:3]}); resume with the same options")
     for name, p in params.items():
-        if tuple(arrays[name].shape) != tuple(p.shape):
-            raise UserError(f"--resume {path}: {name} has shape {arrays[name].shape}, this run needs {p.shape}")
-        assign_array(p, arrays[name])
+        array = arrays[name]
+        # scalars updated inside a graph (optimizer step counters) can read back as shape (1,)
+        if array.size != int(np.prod(p.shape)):
+            raise UserError(f"--resume {path}: {name} has shape {array.shape}, this run needs {p.shape}")
+        assign_array(p, array.reshape(p.shape))
 
 
 def prune_old(folder, pattern_prefix, keep):
