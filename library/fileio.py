@@ -17,6 +17,7 @@ def atomic_write(path):
     except OSError as e:
         raise UserError(f"cannot write to {folder}: {e.strerror}") from e
     os.close(fd)
+    _ordinary_permissions(tmp)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -29,6 +30,14 @@ def atomic_write(path):
         _remove_quietly(tmp)
         raise
     _fsync_dir(folder)
+
+
+def _ordinary_permissions(path):
+    """mkstemp creates 0600; saved models must be readable like any file the user writes (umask applies)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~umask)
 
 
 def _remove_quietly(path):
