@@ -18,7 +18,7 @@ class World:
 
 
 def launched_by_msrun():
-    return os.environ.get("MS_ROLE") == "MS_WORKER" and int(os.environ.get("MS_WORKER_NUM", "1")) > 1
+    return os.environ.get("MS_ROLE") in ("MS_WORKER", "MS_SCHED") and int(os.environ.get("MS_WORKER_NUM", "1")) > 1
 
 
 def init_world(device_target):
@@ -28,6 +28,9 @@ def init_world(device_target):
     from mindspore.communication import init, get_rank, get_group_size
 
     init()
+    if os.environ.get("MS_ROLE") == "MS_SCHED":
+        # msrun also runs the script as the cluster's scheduler: init() served the workers; it trains nothing
+        raise SystemExit(0)
     rank, size = get_rank(), get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=size)
