@@ -68,7 +68,7 @@ def check_network_options(args):
 def main(argv):
     from library.networks.class_images import generate_class_images, plan_class_images
     from library.networks.training import LoRATraining
-    from library.training.loop import KeyboardInterruptSaved, TrainingLoop, total_steps
+    from library.training.loop import total_steps
 
     parser = session.build_parser("Train a LoRA (kohya networks.lora format).", support_dropout=True,
                                   add_method_arguments=add_network_arguments)
@@ -82,26 +82,21 @@ def main(argv):
         plan = plan_class_images(args, bundle.spec.resolution)
         if plan and world.is_main:
             generate_class_images(args, bundle, plan)
-    data = session.build_data(args, bundle.tokenizers, None, support_dropout=True, world=world)
+    data = session.build_data(args, bundle.tokenizers, None, support_dropout=True, world=world,
+                              family=bundle.spec.family)
     if args.debug_dataset:
-        from library.data.debug import print_debug_dataset
-
-        print_debug_dataset(data, tokenizer_decode=bundle.tokenizers[0].decode)
+        session.print_dataset(data, bundle)
         return 0
 
     method = LoRATraining(args, bundle)
     total, steps_per_epoch = total_steps(args, len(data), world.size)
     method.attach_metadata(data, steps_per_epoch, total)
-    latents = session.make_latent_source(args, bundle, data)
     sample_fn = session.make_sample_fn(args, bundle)
-    loop = TrainingLoop(args, data, method, latents, bundle.spec, world, sample_fn)
-    try:
-        loop.run()
-    except KeyboardInterruptSaved as stop:
-        print(stop)
+    saved = session.run_training(args, bundle, data, method, world, sample_fn)
+    if saved is None and world.is_main:
         return 130
     if world.is_main:
-        print(f"LoRA: {loop.last_save}  ({len(method.network)} modules; A1111: copy it into models/Lora and "
+        print(f"LoRA: {saved}  ({len(method.network)} modules; A1111: copy it into models/Lora and "
               f"use <lora:{args.output_name}:1>)")
     return 0
 

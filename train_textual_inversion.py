@@ -36,7 +36,6 @@ def template_kind(args):
 
 def main(argv):
     from library.text.token_strings import add_token_string, caption_transform, captions_mention_token
-    from library.training.loop import TrainingLoop, KeyboardInterruptSaved
     from library.training.textual_inversion import TextualInversion
 
     parser = session.build_parser("Train a textual-inversion embedding.", support_dropout=False,
@@ -55,30 +54,25 @@ def main(argv):
     bundle = session.load_model(args)
     token_ids = add_token_string(bundle.tokenizers, args.token_string, args.num_vectors_per_token)
     hook = caption_transform(args.token_string, args.num_vectors_per_token, template)
-    data = session.build_data(args, bundle.tokenizers, hook, support_dropout=False, world=world)
+    data = session.build_data(args, bundle.tokenizers, hook, support_dropout=False, world=world,
+                              family=bundle.spec.family)
     if template is None and not captions_mention_token(
             [item.caption for d in data.datasets for item in d.items], args.token_string):
         print(f"warning: no caption contains the token string {args.token_string!r} and no template is used: "
               "the embedding would learn nothing. Put it in the captions, or use --use_object_template / "
               "--use_style_template.")
     if args.debug_dataset:
-        from library.data.debug import print_debug_dataset
-
         print(f"token ids of {args.token_string!r}: {token_ids}")
-        print_debug_dataset(data, tokenizer_decode=bundle.tokenizers[0].decode)
+        session.print_dataset(data, bundle)
         return 0
 
     method = TextualInversion(args, bundle, token_ids)
-    latents = session.make_latent_source(args, bundle, data)
     sample_fn = session.make_sample_fn(args, bundle, prompt_rewrite=hook if template is None else None)
-    loop = TrainingLoop(args, data, method, latents, bundle.spec, world, sample_fn)
-    try:
-        loop.run()
-    except KeyboardInterruptSaved as stop:
-        print(stop)
+    saved = session.run_training(args, bundle, data, method, world, sample_fn)
+    if saved is None and world.is_main:
         return 130
     if world.is_main:
-        print(f"embedding: {loop.last_save}  (use the file name as the word in prompts; "
+        print(f"embedding: {saved}  (use the file name as the word in prompts; "
               f"A1111: copy it into the embeddings folder)")
     return 0
 

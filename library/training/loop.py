@@ -9,8 +9,6 @@ import os
 import signal
 
 import numpy as np
-from mindspore import Tensor
-import mindspore as ms
 
 from ..errors import UserError
 from ..diffusion.training import sample_noise, sample_timesteps

@@ -69,13 +69,15 @@ def check_output_dir(args, default_name):
         raise UserError(f"--output_dir {args.output_dir}: not writable")
 
 
-def build_data(args, tokenizers, caption_hook, support_dropout, world):
+def build_data(args, tokenizers, caption_hook, support_dropout, world, family=None):
     from ..data.build import build_dataset_group, verify_bucket_reso_steps
     from ..text.chunking import make_tokenize_fn
 
     group = build_dataset_group(args, tokenize=make_tokenize_fn(tokenizers, args.max_token_length),
                                 seed=args.seed, caption_hook=caption_hook, support_dropout=support_dropout)
     group.set_max_train_steps(args.max_train_steps)
+    if family:
+        verify_bucket_reso_steps(group, 32 if family == "sdxl" else 64)
     if world.size > 1:
         group = group.shard(world.rank, world.size)
     return group
@@ -139,3 +141,24 @@ def make_sample_fn(args, bundle, prompt_rewrite=None):
     from ..sampling.training_samples import TrainingSampler
 
     return TrainingSampler(args, bundle, prompt_rewrite)
+
+
+def print_dataset(data, bundle):
+    """--debug_dataset: buckets, batches, final captions and token ids; no training."""
+    from ..data.debug import print_debug_dataset
+
+    print_debug_dataset(data, tokenizer_decode=bundle.tokenizers[0].decode)
+
+
+def run_training(args, bundle, data, method, world, sample_fn):
+    """Latents, the loop and Ctrl-C: the path of the final file, or None when interrupted (state saved)."""
+    from .loop import TrainingLoop, KeyboardInterruptSaved
+
+    latents = make_latent_source(args, bundle, data)
+    loop = TrainingLoop(args, data, method, latents, bundle.spec, world, sample_fn)
+    try:
+        loop.run()
+    except KeyboardInterruptSaved as stop:
+        print(stop)
+        return None
+    return loop.last_save
