@@ -23,6 +23,21 @@ class PrefixRenamer:
         return _rename(name, self._backward)
 
 
+def rename_tensors(tensors, rename, fit=None):
+    """Apply `rename(name) -> new name or None` to every tensor; `fit(old, new, array)` may reshape.
+
+    Returns ({new name: array}, [names that do not map]).
+    """
+    converted, unmapped = {}, []
+    for name, array in tensors.items():
+        target = rename(name)
+        if target is None:
+            unmapped.append(name)
+            continue
+        converted[target] = fit(name, target, array) if fit else array
+    return converted, unmapped
+
+
 def _rename(name, rows):
     for source, target, inner in rows:
         if name == source:

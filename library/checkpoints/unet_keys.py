@@ -9,7 +9,7 @@ import functools
 import json
 
 from ..errors import UserError
-from .renaming import PrefixRenamer
+from .renaming import PrefixRenamer, rename_tensors
 
 _DEFAULT_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 _DEFAULT_UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
@@ -139,24 +139,10 @@ def _fit_projection(name, array, unet_config):
 def ldm_to_diffusers_unet(tensors, unet_config):
     """{LDM name (prefix stripped): array} -> ({diffusers name: array}, [LDM names that do not map])."""
     renamer = _renamer(_config_key(unet_config))
-    converted, unmapped = {}, []
-    for name, array in tensors.items():
-        target = renamer.backward(name)
-        if target is None:
-            unmapped.append(name)
-            continue
-        converted[target] = _fit_projection(target, array, unet_config)
-    return converted, unmapped
+    return rename_tensors(tensors, renamer.backward,
+                          lambda _, target, array: _fit_projection(target, array, unet_config))
 
 
 def diffusers_to_ldm_unet(tensors, unet_config):
     """{diffusers name: array} -> ({LDM name (no prefix): array}, [diffusers names that do not map])."""
-    renamer = _renamer(_config_key(unet_config))
-    converted, unmapped = {}, []
-    for name, array in tensors.items():
-        target = renamer.forward(name)
-        if target is None:
-            unmapped.append(name)
-            continue
-        converted[target] = array
-    return converted, unmapped
+    return rename_tensors(tensors, _renamer(_config_key(unet_config)).forward)

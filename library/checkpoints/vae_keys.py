@@ -6,7 +6,7 @@ The decoder's level order is reversed between the layouts, and the mid-block att
 import functools
 import json
 
-from .renaming import PrefixRenamer
+from .renaming import PrefixRenamer, rename_tensors
 
 _RESNET_INNER = {"conv_shortcut": "nin_shortcut"}
 _ATTENTION_INNER = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
@@ -67,31 +67,21 @@ def normalize_legacy_vae_names(tensors):
     return out
 
 
+def _conv_to_linear(_, target, array):
+    return array.reshape(array.shape[:2]) if _is_mid_projection(target) and array.ndim == 4 else array
+
+
+def _linear_to_conv(name, _, array):
+    return array.reshape(tuple(array.shape) + (1, 1)) if _is_mid_projection(name) and array.ndim == 2 else array
+
+
 def ldm_to_diffusers_vae(tensors, vae_config):
-    """{LDM name: array} -> ({diffusers name: array}, [LDM names that do not map])."""
-    renamer = _renamer(_config_key(vae_config))
-    converted, unmapped = {}, []
-    for name, array in tensors.items():
-        target = renamer.backward(name)
-        if target is None:
-            unmapped.append(name)
-            continue
-        if _is_mid_projection(target) and array.ndim == 4:
-            array = array.reshape(array.shape[:2])
-        converted[target] = array
-    return converted, unmapped
+    """{LDM name: array} -> ({diffusers name: array}, [LDM names that do not map]); mid-attention 1x1 convs
+    become linear weights."""
+    return rename_tensors(tensors, _renamer(_config_key(vae_config)).backward, _conv_to_linear)
 
 
 def diffusers_to_ldm_vae(tensors, vae_config):
     """{diffusers name: array} -> ({LDM name: array}, [diffusers names that do not map])."""
-    renamer = _renamer(_config_key(vae_config))
-    converted, unmapped = {}, []
-    for name, array in normalize_legacy_vae_names(tensors).items():
-        target = renamer.forward(name)
-        if target is None:
-            unmapped.append(name)
-            continue
-        if _is_mid_projection(name) and array.ndim == 2:
-            array = array.reshape(tuple(array.shape) + (1, 1))
-        converted[target] = array
-    return converted, unmapped
+    return rename_tensors(normalize_legacy_vae_names(tensors), _renamer(_config_key(vae_config)).forward,
+                          _linear_to_conv)
