@@ -1,22 +1,15 @@
 """Images -> latents through the VAE encoder, compiled once; used for uncached batches and the latent cache."""
 import numpy as np
-from mindspore import nn, Tensor
+from mindspore import Tensor
 
-
-class _Encoder(nn.Cell):
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-
-    def construct(self, images):
-        return self.vae.encode(images)
+from ..models.vae import VAEEncode
 
 
 class LatentEncoder:
     """Sampled (not mean) latents as kohya caches them; scaling by the family factor happens at train time."""
 
     def __init__(self, vae, seed=0, batch_size=1):
-        self.encoder = _Encoder(vae)
+        self.encoder = VAEEncode(vae)
         self.encoder.set_train(False)
         self.rng = np.random.default_rng(seed)
         self.batch_size = max(1, int(batch_size))
