@@ -56,8 +56,10 @@ def main(argv):
     hook = caption_transform(args.token_string, args.num_vectors_per_token, template)
     data = session.build_data(args, bundle.tokenizers, hook, support_dropout=False, world=world,
                               family=bundle.spec.family)
-    if template is None and not captions_mention_token(
-            [item.caption for d in data.datasets for item in d.items], args.token_string):
+    # the caption as training sees it: caption_prefix/suffix may be what carries the token string
+    captions = [" ".join(filter(None, (item.subset.caption_prefix, item.caption, item.subset.caption_suffix)))
+                for d in data.datasets for item in d.items]
+    if template is None and not captions_mention_token(captions, args.token_string):
         print(f"warning: no caption contains the token string {args.token_string!r} and no template is used: "
               "the embedding would learn nothing. Put it in the captions, or use --use_object_template / "
               "--use_style_template.")
