@@ -66,6 +66,7 @@ def check_network_options(args):
 
 
 def main(argv):
+    from library.data.build import check_sizes_fit_model
     from library.networks.class_images import generate_class_images, plan_class_images
     from library.networks.training import LoRATraining
     from library.training.loop import total_steps
@@ -84,6 +85,7 @@ def main(argv):
             generate_class_images(args, bundle, plan)
     data = session.build_data(args, bundle.tokenizers, None, support_dropout=True, world=world,
                               family=bundle.spec.family)
+    check_sizes_fit_model(data, bundle.spec)
     if args.debug_dataset:
         session.print_dataset(data, bundle)
         return 0

@@ -35,7 +35,8 @@ def template_kind(args):
 
 
 def main(argv):
-    from library.text.token_strings import add_token_string, caption_transform, captions_mention_token
+    from library.data.build import check_sizes_fit_model
+    from library.text.token_strings import add_token_string, caption_transform, missing_token_warning
     from library.training.textual_inversion import TextualInversion
 
     parser = session.build_parser("Train a textual-inversion embedding.", support_dropout=False,
@@ -56,13 +57,15 @@ def main(argv):
     hook = caption_transform(args.token_string, args.num_vectors_per_token, template)
     data = session.build_data(args, bundle.tokenizers, hook, support_dropout=False, world=world,
                               family=bundle.spec.family)
+    check_sizes_fit_model(data, bundle.spec)
     # the caption as training sees it: caption_prefix/suffix may be what carries the token string
     captions = [" ".join(filter(None, (item.subset.caption_prefix, item.caption, item.subset.caption_suffix)))
                 for d in data.datasets for item in d.items]
-    if template is None and not captions_mention_token(captions, args.token_string):
-        print(f"warning: no caption contains the token string {args.token_string!r} and no template is used: "
-              "the embedding would learn nothing. Put it in the captions, or use --use_object_template / "
-              "--use_style_template.")
+    problem = missing_token_warning(captions, args.token_string, template)
+    if problem and not args.debug_dataset:  # the embedding would learn nothing: refuse rather than waste the run
+        raise UserError(problem)
+    if problem:
+        print(f"warning: {problem}")
     if args.debug_dataset:
         print(f"token ids of {args.token_string!r}: {token_ids}")
         session.print_dataset(data, bundle)

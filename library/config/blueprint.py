@@ -87,6 +87,9 @@ def _check_dataset(params, where):
     steps = params.bucket_reso_steps
     if steps < 1:
         raise UserError(f"{where}: bucket_reso_steps must be >= 1, got {steps}")
+    if params.min_bucket_reso > params.max_bucket_reso:
+        raise UserError(f"{where}: min_bucket_reso {params.min_bucket_reso} must be <= max_bucket_reso "
+                        f"{params.max_bucket_reso}")
     if params.bucket_no_upscale:
         return
     if params.min_bucket_reso % steps:

@@ -36,10 +36,31 @@ def _open(path):
         raise UserError(f"cannot read image {path} ({e}); re-save it as PNG/JPEG or remove it") from e
 
 
+JPEG_END_MARKER = b"\xff\xd9"
+JPEG_TAIL_BYTES = 4096  # some writers pad after the end marker
+
+
 def image_size(path):
-    """(width, height) from the file header, without decoding the pixels."""
+    """(width, height) from the file header, without decoding the pixels. A file cut short (interrupted
+    copy or download) is refused here, before training, not when its batch comes up hours later."""
     with _open(path) as image:
-        return image.size
+        size, kind = image.size, image.format
+        if kind == "PNG":
+            try:
+                image.verify()  # walks the chunks and checks their CRCs; no decompression
+            except (OSError, SyntaxError, ValueError) as e:
+                raise UserError(f"cannot read image {path}: damaged or truncated PNG ({e}); re-save it or "
+                                "remove it") from e
+    if kind == "JPEG" and not _jpeg_has_end(path):
+        raise UserError(f"cannot read image {path}: truncated JPEG (no end-of-image marker); re-save it or "
+                        "remove it")
+    return size
+
+
+def _jpeg_has_end(path):
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - JPEG_TAIL_BYTES))
+        return JPEG_END_MARKER in f.read()
 
 
 def load_image(path, with_alpha=False):

@@ -59,6 +59,15 @@ def _save_cache_info(folder, entries):
             json.dump(entries, f, ensure_ascii=False, indent=1)
 
 
+def _read_caption(path, subset):
+    """The caption file's text, None when there is no file; an empty file is a mistake (kohya asserts too)."""
+    caption = read_caption_file(path, subset.enable_wildcard)
+    if caption is None and os.path.isfile(path):
+        raise UserError(f"{subset.source}: caption file {path} is empty; write the caption in it, or delete it "
+                        "to train that image with the subset's class_tokens")
+    return caption
+
+
 def dreambooth_items(subset):
     paths = list_images(subset.image_dir)
     if not paths:
@@ -75,11 +84,11 @@ def dreambooth_items(subset):
             caption, size = entry["caption"], tuple(entry["resolution"])
         else:
             stem = os.path.splitext(path)[0]
-            caption, size = read_caption_file(stem + subset.caption_extension, subset.enable_wildcard), None
+            caption, size = _read_caption(stem + subset.caption_extension, subset), None
             if caption is None and subset.face_crop_aug_range is not None and face_box_from_name(path):
                 # kohya: `name_cx_cy_w_h.png` may share `name.<caption_extension>`
                 base = "_".join(stem.split("_")[:-4])
-                caption = read_caption_file(base + subset.caption_extension, subset.enable_wildcard)
+                caption = _read_caption(base + subset.caption_extension, subset)
         if caption is None:
             caption = subset.class_tokens
             if caption is None:
