@@ -1,5 +1,6 @@
 """Atomic file writes: a reader never sees a half-written file, a crash leaves the previous one intact."""
 import contextlib
+import errno
 import os
 import tempfile
 
@@ -15,7 +16,7 @@ def atomic_write(path):
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise UserError(f"cannot write to {folder}: {e.strerror}") from e
+        raise UserError(f"cannot write to {folder}: {describe_os_error(e)}") from e
     os.close(fd)
     _ordinary_permissions(tmp)
     try:
@@ -25,11 +26,30 @@ def atomic_write(path):
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
-        raise UserError(f"could not save {path}: {e.strerror or e}") from e
+        raise UserError(f"could not save {path}: {describe_os_error(e)}; the previous file (if any) is "
+                        f"unchanged") from e
     except BaseException:
         _remove_quietly(tmp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
+
+
+def describe_os_error(error):
+    """The reason in words; a full disk or quota says so plainly (the usual cause of a failed save)."""
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk is full ({reason}); free some space and try again"
+    return reason
+
+
+def fsync_dir(folder):
+    """Make a rename inside `folder` durable (no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _ordinary_permissions(path):
@@ -43,12 +63,3 @@ def _ordinary_permissions(path):
 def _remove_quietly(path):
     with contextlib.suppress(OSError):
         os.remove(path)
-
-
-def _fsync_dir(folder):
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

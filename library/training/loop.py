@@ -45,6 +45,7 @@ class TrainingLoop:
         self.output_name = args.output_name
         self.stop_requested = False
         self.last_save = None
+        self.last_state = None
 
     # ------------------------------------------------------------------ set-up
     def _build(self):
@@ -69,6 +70,7 @@ class TrainingLoop:
         step, epoch, start_batch = 0, 0, 0
         if args.resume:
             step, epoch, start_batch = self._resume(args.resume)
+            self.dataset.set_step(step)  # token warm-up and caption schedules see the resumed step
         self._set_lr(step)
         progress = TrainingProgress(self.total, step, args.logging_dir, args.log_prefix,
                                     enabled=self.world.is_main, tensorboard=args.log_with != "none")
@@ -161,6 +163,7 @@ class TrainingLoop:
     def _save_artifact(self, stem, step, epoch, progress):
         if not self.world.is_main:
             return None
+        self._refuse_non_finite_weights(step)
         path = os.path.join(self.args.output_dir, stem + self.method.file_extension)
         self.method.save(path, step=step, epoch=epoch)
         self.last_save = path
@@ -169,15 +172,25 @@ class TrainingLoop:
     def _save_state(self, name, step, epoch, next_batch, force=False):
         if not self.world.is_main:
             return None
+        self._refuse_non_finite_weights(step)
         path = os.path.join(self.args.output_dir, name)
+        # Everything random that is not derived from (seed, epoch, batch index) travels with the state: the
+        # noise/timestep generator and, when latents are encoded per batch, the VAE sampling generator.
         counters = {"current_step": step, "current_epoch": epoch, "next_batch": next_batch,
-                    "noise_rng": self.noise_rng.bit_generator.state, "total_steps": self.total}
+                    "noise_rng": self.noise_rng.bit_generator.state, "total_steps": self.total,
+                    "seed": self.args.seed}
+        latent_rng = getattr(self.latent_source, "rng_state", None)
+        if latent_rng is not None:
+            counters["latent_rng"] = latent_rng()
         save_state(path, self.method.trainable, self.optimizer_state, counters)
+        self.last_state = path
         return path
 
     def _resume(self, path):
         counters = load_state(path, self.method.trainable, self.optimizer_state)
         self.noise_rng.bit_generator.state = counters["noise_rng"]
+        if counters.get("latent_rng") is not None and hasattr(self.latent_source, "set_rng_state"):
+            self.latent_source.set_rng_state(counters["latent_rng"])
         return int(counters["current_step"]), int(counters["current_epoch"]), int(counters["next_batch"])
 
     def _sample(self, step, epoch):
@@ -191,10 +204,23 @@ class TrainingLoop:
         self.stop_requested = True
 
     def _stop_on_nan(self, step, progress):
-        where = f"the last good save is {self.last_save}" if self.last_save else "nothing had been saved yet"
         raise UserError(f"the loss became NaN/inf at step {step + 1}; that update was skipped and training "
-                        f"stopped ({where}). Try a lower --learning_rate, --max_grad_norm 1.0, or fp32 "
-                        f"(--mixed_precision no).")
+                        f"stopped ({self._last_good()}). Try a lower --learning_rate, --max_grad_norm 1.0, or "
+                        f"fp32 (--mixed_precision no).")
+
+    def _refuse_non_finite_weights(self, step):
+        """A save must never replace a good file with NaN/inf weights (e.g. after an exploding update)."""
+        for name, param in self.method.trainable.items():
+            if not np.isfinite(param.asnumpy()).all():
+                raise UserError(f"the trained weights became NaN/inf by step {step} ({name}); nothing was "
+                                f"saved at this step ({self._last_good()}). Try a lower --learning_rate or "
+                                f"--max_grad_norm 1.0.")
+
+    def _last_good(self):
+        saves = [p for p in (self.last_save, self.last_state) if p]
+        if not saves:
+            return "nothing had been saved yet"
+        return "the last good save is " + " and ".join(saves)
 
     def _announce(self, progress):
         if not self.world.is_main:

@@ -1,5 +1,12 @@
-"""Progress bar (loss running average, lr, steps/s, ETA), per-step CSV log and TensorBoard events."""
+"""Progress bar (loss running average, lr, steps/s, ETA), per-step CSV log and TensorBoard events.
+
+The CSV log is the one file written as it grows rather than atomically (rewriting it every step would cost
+O(steps^2)): each row goes out in one `write` call on an append-mode file and is flushed, so a crash can at
+worst lose the row being written, never garble earlier ones. Every run (a resumed one too) gets its own folder.
+Losses are written with 9 significant digits, enough to round-trip a float32 exactly.
+"""
 import csv
+import io
 import os
 import time
 
@@ -15,12 +22,10 @@ class TrainingProgress:
         self.csv_file = None
         self.writer = None
         if logging_dir and enabled:
-            run_dir = os.path.join(logging_dir, (log_prefix or "") + time.strftime("%Y%m%d%H%M%S"))
-            os.makedirs(run_dir, exist_ok=True)
+            run_dir = _new_run_dir(logging_dir, (log_prefix or "") + time.strftime("%Y%m%d%H%M%S"))
             self.run_dir = run_dir
-            self.csv_file = open(os.path.join(run_dir, "steps.csv"), "w", newline="", encoding="utf-8")
-            self.csv = csv.writer(self.csv_file)
-            self.csv.writerow(["step", "epoch", "loss", "loss_avg", "lr", "grad_norm", "time"])
+            self.csv_file = open(os.path.join(run_dir, "steps.csv"), "a", newline="", encoding="utf-8")
+            self._write_row(["step", "epoch", "loss", "loss_avg", "lr", "grad_norm", "time"])
             if tensorboard:
                 self.writer = _tensorboard_writer(run_dir)
 
@@ -31,15 +36,20 @@ class TrainingProgress:
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{avg:.4f}", lr=f"{lrs[0]:.2e}", epoch=epoch)
         if self.csv_file:
-            self.csv.writerow([step, epoch, f"{loss:.6f}", f"{avg:.6f}", f"{lrs[0]:.6e}",
-                               "" if grad_norm is None else f"{grad_norm:.6f}", f"{time.time():.3f}"])
-            self.csv_file.flush()
+            self._write_row([step, epoch, f"{loss:.9g}", f"{avg:.9g}", f"{lrs[0]:.9g}",
+                             "" if grad_norm is None else f"{grad_norm:.9g}", f"{time.time():.3f}"])
         if self.writer:
             self.writer.add_scalar("loss/current", loss, step)
             self.writer.add_scalar("loss/average", avg, step)
             for i, lr in enumerate(lrs):
                 self.writer.add_scalar(f"lr/group{i}", lr, step)
         return avg
+
+    def _write_row(self, values):
+        line = io.StringIO()
+        csv.writer(line).writerow(values)
+        self.csv_file.write(line.getvalue())  # one row, one write: a crash cannot leave half a row behind
+        self.csv_file.flush()
 
     def write(self, message):
         self.bar.write(message)
@@ -50,6 +60,20 @@ class TrainingProgress:
             self.csv_file.close()
         if self.writer:
             self.writer.close()
+
+
+def _new_run_dir(logging_dir, name):
+    """`logging_dir/name`, or `name_2`, `name_3`... when a run started in the same second already has it."""
+    os.makedirs(logging_dir, exist_ok=True)
+    candidate, number = name, 1
+    while True:
+        path = os.path.join(logging_dir, candidate)
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            number += 1
+            candidate = f"{name}_{number}"
 
 
 def _tensorboard_writer(run_dir):

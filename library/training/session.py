@@ -40,10 +40,20 @@ def parse_arguments(parser, argv):
         raise UserError(f"--max_train_epochs must be >= 1, got {args.max_train_epochs}")
     if args.learning_rate is not None and args.learning_rate < 0:
         raise UserError(f"--learning_rate must be >= 0, got {args.learning_rate}")
+    if args.seed is None and args.resume:
+        args.seed = resumed_seed(args.resume)
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(3), "little")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     return normalise_warmup(args)
+
+
+def resumed_seed(state_path):
+    """Without --seed, a resumed run takes the seed of the run it continues (data order, augmentations)."""
+    from .state import read_counters
+
+    seed = read_counters(state_path).get("seed")
+    return None if seed is None else int(seed)
 
 
 def setup_device(args):
@@ -113,6 +123,25 @@ def resolve_pretrained_path(name):
                     f"{', '.join(s for s in SPECS if s.startswith('tiny-'))})")
 
 
+class LatentSource:
+    """Latents for a batch: the cached ones when the batch carries them, else encoded now. Its generator
+    (latents are sampled, not the mean) is part of a resumable state."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+
+    def __call__(self, batch):
+        if batch.get("latents") is not None:
+            return batch["latents"]
+        return self.encoder(batch["images"])
+
+    def rng_state(self):
+        return self.encoder.rng.bit_generator.state
+
+    def set_rng_state(self, state):
+        self.encoder.rng.bit_generator.state = state
+
+
 def make_latent_source(args, bundle, group):
     """Latents for a batch: from the cache (memory or .npz) when --cache_latents, else encoded per batch."""
     from .latents import LatentEncoder
@@ -120,18 +149,14 @@ def make_latent_source(args, bundle, group):
     encoder = LatentEncoder(bundle.vae, seed=args.seed, batch_size=args.vae_batch_size)
     if args.cache_latents or args.cache_latents_to_disk:
         from ..data.build import check_latent_caching_allowed
-        from ..data.latent_cache import cache_latents
+        from ..data.latent_cache import cache_latents, vae_fingerprint
 
         check_latent_caching_allowed(group)
         family = "sdxl" if bundle.spec.family == "sdxl" else "sd"
         cache_latents(group, encoder, vae_batch_size=args.vae_batch_size, to_disk=args.cache_latents_to_disk,
-                      family=family, skip_cache_check=args.skip_cache_check)
-
-    def latents_for(batch):
-        if batch.get("latents") is not None:
-            return batch["latents"]
-        return encoder(batch["images"])
-    return latents_for
+                      family=family, skip_cache_check=args.skip_cache_check,
+                      vae_id=vae_fingerprint(bundle.vae) if args.cache_latents_to_disk else None)
+    return LatentSource(encoder)
 
 
 def make_sample_fn(args, bundle, prompt_rewrite=None):
