@@ -37,6 +37,8 @@ class LoRATraining(DiffusionMethod):
         merge_base_weights(args, bundle)
         self.freeze_all()
         self.network = self._create_network(args, bundle)
+        if not len(self.network) and args.network_weights:
+            self._load_weights(args.network_weights)  # names the file's keys that fit nothing in this model
         if not len(self.network):
             raise UserError("the LoRA network has no modules: check --network_train_unet_only / "
                             "--network_train_text_encoder_only and --network_weights")

@@ -50,7 +50,10 @@ class TextualInversion(DiffusionMethod):
 
         embedding = read_embedding(path, allow_pickle=self.args.allow_unsafe_pickle)
         dims = [encoder.hidden_size for encoder in self.bundle.text_encoders]
-        vectors = check_embedding_fits(embedding, self.spec.family, dims)
+        try:
+            vectors = check_embedding_fits(embedding, self.spec.family, dims)
+        except UserError as e:  # name the option and file the user gave
+            raise UserError(f"--weights {path}: {e}") from e
         rows = [np.asarray(v, np.float32) for v in vectors]
         if rows[0].shape[0] != self.num_vectors:
             raise UserError(f"--weights {path}: the embedding has {rows[0].shape[0]} vectors but "
