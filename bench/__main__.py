@@ -9,6 +9,7 @@
 Prints a table and writes bench_results.json at the repository root (see bench/README.md).
 """
 import argparse
+import ast
 import os
 import sys
 import time
@@ -29,11 +30,23 @@ def parse_args(argv):
                         help="timed calls per side after the first (default 10; full-size cases 3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="compute threads for both frameworks (default: the cores this process may use)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a case parameter (e.g. --set latent=32 --set spec_name=tiny-sd15); results are "
+                             "stored under 'case[key=value,...]'")
     parser.add_argument("--extras", action="store_true", help="run the extra measurements (not part of --quick)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds a worker may take per answer")
     parser.add_argument("--output", type=str, default=os.path.join(ROOT, "bench_results.json"))
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args(argv)
+    args.overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            args.overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            args.overrides[key] = value  # a bare word is a string (spec names)
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.cases:
@@ -47,6 +60,12 @@ def parse_args(argv):
     else:
         args.case_names = default_cases(args.quick)
     return args
+
+
+def result_key(name, overrides):
+    if not overrides:
+        return name
+    return f"{name}[{','.join(f'{k}={v}' for k, v in sorted(overrides.items()))}]"
 
 
 def repeats_for(name, args):
@@ -70,12 +89,19 @@ def main(argv=None):
     print(threads_line, flush=True)
     results = {}
     for name in args.case_names:
-        print(f"- {name}: {CASES[name].what}", flush=True)
-        results[name] = run_case(name, repeats_for(name, args), threads, args.timeout)
-        status = results[name]["status"]
-        print(f"  {status} in {results[name]['wall_s']:.0f} s" + (f": {results[name]['error']}"
-                                                                   if status != "ok" else ""), flush=True)
-        write_results(args.output, {name: results[name]}, policy)  # a later crash keeps what was measured
+        try:
+            CASES[name].with_params(args.overrides)
+        except KeyError as e:
+            print(f"error: --set: {e.args[0]}", file=sys.stderr)
+            return 2
+    for name in args.case_names:
+        key = result_key(name, args.overrides)
+        print(f"- {key}: {CASES[name].what}", flush=True)
+        results[key] = run_case(name, repeats_for(name, args), threads, args.timeout, overrides=args.overrides)
+        status = results[key]["status"]
+        print(f"  {status} in {results[key]['wall_s']:.0f} s" + (f": {results[key]['error']}"
+                                                                  if status != "ok" else ""), flush=True)
+        write_results(args.output, {key: results[key]}, policy)  # a later crash keeps what was measured
     extras = None
     if args.extras:
         from .extras import run_extras

@@ -48,9 +48,9 @@ class SideTimes:
         self.peak = {}
         self.error = None
 
-    def start(self, case_name, folder, threads, log_dir, timeout_s):
-        self.worker = Worker(case_name, self.side, folder, threads, os.path.join(log_dir, f"{self.side}.log"),
-                             timeout_s)
+    def start(self, case, folder, threads, log_dir, timeout_s):
+        self.worker = Worker(case.name, self.side, folder, threads, os.path.join(log_dir, f"{self.side}.log"),
+                             timeout_s, case.params)
         self.build_s = self.worker.build_s
         self.worker.pause()
 
@@ -70,23 +70,23 @@ class SideTimes:
             self.worker.kill()
 
 
-def run_case(name, repeats, threads, timeout_s=1800.0, say=print, keep_logs=False):
+def run_case(name, repeats, threads, timeout_s=1800.0, say=print, keep_logs=False, overrides=None):
     """The case's result dict (see bench/README.md); never raises for a failing worker."""
-    case = get_case(name)
+    case = get_case(name).with_params(overrides)
     log_dir = tempfile.mkdtemp(prefix=f"bench_{name}_logs_")
     folder = tempfile.mkdtemp(prefix=f"bench_{name}_")
     sides = {"ours": SideTimes("ours"), "ref": SideTimes("ref")}
     started = time.time()
     try:
         with (bigmem_lock(say=say) if case.big else contextlib.nullcontext()):
-            prepare_error = _prepare(name, folder, threads, log_dir, timeout_s)
+            prepare_error = _prepare(case, folder, threads, log_dir, timeout_s)
             if prepare_error:
                 pass
             elif case.big:
                 for side in (sides["ref"], sides["ours"]):
-                    _run_alone(side, name, folder, threads, log_dir, timeout_s, repeats)
+                    _run_alone(side, case, folder, threads, log_dir, timeout_s, repeats)
             else:
-                _run_interleaved(sides, name, folder, threads, log_dir, timeout_s, repeats)
+                _run_interleaved(sides, case, folder, threads, log_dir, timeout_s, repeats)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         for side in sides.values():
@@ -101,17 +101,18 @@ def run_case(name, repeats, threads, timeout_s=1800.0, say=print, keep_logs=Fals
     return result
 
 
-def _prepare(name, folder, threads, log_dir, timeout_s):
+def _prepare(case, folder, threads, log_dir, timeout_s):
     try:
-        Worker(name, "prepare", folder, threads, os.path.join(log_dir, "prepare.log"), timeout_s).wait_done()
+        Worker(case.name, "prepare", folder, threads, os.path.join(log_dir, "prepare.log"), timeout_s,
+               case.params).wait_done()
         return None
     except WorkerFailed as e:
         return f"preparing the weights failed: {e}"
 
 
-def _run_alone(side, name, folder, threads, log_dir, timeout_s, repeats):
+def _run_alone(side, case, folder, threads, log_dir, timeout_s, repeats):
     try:
-        side.start(name, folder, threads, log_dir, timeout_s)
+        side.start(case, folder, threads, log_dir, timeout_s)
         for _ in range(repeats + 1):
             side.call()
         side.finish()
@@ -119,11 +120,11 @@ def _run_alone(side, name, folder, threads, log_dir, timeout_s, repeats):
         side.fail(e)
 
 
-def _run_interleaved(sides, name, folder, threads, log_dir, timeout_s, repeats):
+def _run_interleaved(sides, case, folder, threads, log_dir, timeout_s, repeats):
     order = [sides["ours"], sides["ref"]]
     for side in order:
         try:
-            side.start(name, folder, threads, log_dir, timeout_s)
+            side.start(case, folder, threads, log_dir, timeout_s)
         except WorkerFailed as e:
             side.fail(e)
     for rep in range(repeats + 1):  # call 0 is each side's first (compile / warm-up) call
@@ -143,7 +144,7 @@ def _run_interleaved(sides, name, folder, threads, log_dir, timeout_s, repeats):
 
 def summarise(case, sides, repeats, threads, mode, prepare_error=None):
     ours, ref = sides["ours"], sides["ref"]
-    result = {"what": case.what, "mode": mode, "repeats": repeats, "threads": threads,
+    result = {"what": case.what, "params": case.params, "mode": mode, "repeats": repeats, "threads": threads,
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     for side in (ours, ref):
         key = side.side

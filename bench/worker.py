@@ -56,7 +56,7 @@ def reset_peak_rss():
         return False
 
 
-def serve(case_name, side, folder, threads, commands=sys.stdin):
+def serve(case_name, side, folder, threads, params=None, commands=sys.stdin):
     """Build the case's step for `side`, then answer commands until "quit" (or end of input)."""
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library and C++ prints must not mix with the protocol
@@ -69,7 +69,7 @@ def serve(case_name, side, folder, threads, commands=sys.stdin):
         from bench.cases import get_case
         from bench.threads import apply_thread_policy
 
-        case = get_case(case_name)
+        case = get_case(case_name).with_params(params)
         if case.frameworks:
             apply_thread_policy(side, threads)
         start = time.perf_counter()
@@ -92,7 +92,8 @@ def serve(case_name, side, folder, threads, commands=sys.stdin):
         return 0
     except BaseException as e:  # noqa: BLE001 - any failure is reported to the parent, then the worker exits
         traceback.print_exc()
-        say("error", message=f"{type(e).__name__}: {e}".strip()[:500])
+        first_line = next((line for line in str(e).splitlines() if line.strip()), "")
+        say("error", message=f"{type(e).__name__}: {first_line}".strip()[:500])
         return 1
 
 
@@ -102,8 +103,9 @@ def main():
     parser.add_argument("--side", required=True, choices=SIDES)
     parser.add_argument("--folder", required=True, help="where the prepare side writes the shared weights")
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--params", default="{}", help="JSON: case parameters to override")
     args = parser.parse_args()
-    sys.exit(serve(args.case, args.side, args.folder, args.threads))
+    sys.exit(serve(args.case, args.side, args.folder, args.threads, json.loads(args.params)))
 
 
 # ---------------------------------------------------------------------------------------------- parent side
@@ -111,7 +113,7 @@ def main():
 class Worker:
     """A running worker process: start it, time calls, read its peak memory, stop it."""
 
-    def __init__(self, case_name, side, folder, threads, log_path, timeout_s=1800.0):
+    def __init__(self, case_name, side, folder, threads, log_path, timeout_s=1800.0, params=None):
         self.side = side
         self.log_path = log_path
         self.timeout_s = timeout_s
@@ -119,7 +121,7 @@ class Worker:
         env = dict(os.environ, GLOG_v="3", PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get(
             "PYTHONPATH")])), **thread_env(threads))
         cmd = [sys.executable, "-m", "bench.worker", "--case", case_name, "--side", side, "--folder", folder,
-               "--threads", str(threads)]
+               "--threads", str(threads), "--params", json.dumps(params or {})]
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                      cwd=ROOT, env=env, bufsize=0)

@@ -4,6 +4,7 @@ A case's module has `prepare(folder, **params)` (torch process: writes the share
 trainable values) and `build(side, folder, **params) -> step` for side "ours" / "ref"; `step()` does one timed
 unit of work and returns a float computed from its result (a loss), so the work has finished when it returns.
 """
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 
@@ -18,6 +19,15 @@ class Case:
     quick: bool = False  # part of --quick
     selftest: bool = False  # harness self-checks (no models); only run when named
     frameworks: bool = True  # False: the workers skip loading MindSpore/torch (fast harness self-checks)
+
+    def with_params(self, overrides):
+        """The case with some parameters changed (`python -m bench --set latent=32`); unknown keys refused."""
+        if not overrides:
+            return self
+        unknown = sorted(set(overrides) - set(self.params))
+        if unknown:
+            raise KeyError(f"case {self.name}: no parameter {', '.join(unknown)} (it has: {', '.join(self.params)})")
+        return dataclasses.replace(self, params={**self.params, **overrides})
 
     def _module(self):
         return importlib.import_module(f"bench.cases.{self.module}")
