@@ -15,10 +15,14 @@ class Case:
     module: str
     what: str
     params: dict = field(default_factory=dict)
-    big: bool = False  # full-size model: runs under the shared memory lock, one framework resident at a time
     quick: bool = False  # part of --quick
     selftest: bool = False  # harness self-checks (no models); only run when named
     frameworks: bool = True  # False: the workers skip loading MindSpore/torch (fast harness self-checks)
+
+    @property
+    def big(self):
+        """A full-size model: runs under the shared memory lock, one framework resident at a time."""
+        return not str(self.params.get("spec_name", "tiny-")).startswith("tiny-")
 
     def with_params(self, overrides):
         """The case with some parameters changed (`python -m bench --set latent=32`); unknown keys refused."""
@@ -43,20 +47,20 @@ SD15_64 = dict(spec_name="sd15", batch=1, latent=64)
 
 CASES = {c.name: c for c in [
     Case("ti_step_tiny_sd1", "ti_step", "TI optimizer step, tiny SD1, batch 2, 64 px",
-         dict(spec_name="tiny-sd15", batch=2), quick=True),
+         dict(spec_name="tiny-sd15", batch=2, latent=None), quick=True),
     Case("ti_step_tiny_sdxl", "ti_step", "TI optimizer step (rows in both encoders), tiny SDXL, batch 2, 64 px",
-         dict(spec_name="tiny-sdxl", batch=2), quick=True),
+         dict(spec_name="tiny-sdxl", batch=2, latent=None), quick=True),
     Case("lora_step_tiny_sd1", "lora_step", "LoRA (UNet, rank 4) optimizer step, tiny SD1, batch 2, 64 px",
-         dict(spec_name="tiny-sd15", batch=2, rank=4), quick=True),
+         dict(spec_name="tiny-sd15", batch=2, rank=4, latent=None), quick=True),
     Case("gen_tiny_sd1_20steps", "gen", "seconds per image: tiny SD1, Euler 20 steps, CFG 7.5, 64 px, batch 1",
          dict(spec_name="tiny-sd15", steps=20, sampler="euler", size=64), quick=True),
     Case("ti_step_sd15_64", "ti_step", "TI optimizer step, SD1.5 UNet + CLIP-L, batch 1, 64x64 latents",
-         dict(SD15_64), big=True),
+         dict(SD15_64)),
     Case("lora_step_sd15_64", "lora_step", "LoRA (UNet, rank 4) step, SD1.5, batch 1, 64x64 latents",
-         dict(SD15_64, rank=4), big=True),
+         dict(SD15_64, rank=4)),
     Case("unet_fwd_bwd_sd15_64", "unet_fwd_bwd",
          "SD1.5 UNet forward + backward to the context (no parameter grads), batch 1, 64x64 latents",
-         dict(spec_name="sd15", latent=64), big=True),
+         dict(spec_name="sd15", latent=64, checkpointing=False)),
     Case("selftest_sleep", "selftest", "harness check: a 200x200 numpy matmul loop, no models, no frameworks",
          dict(mode="ok"), selftest=True, frameworks=False),
     Case("selftest_crash", "selftest", "harness check: the ours worker is killed by SIGKILL while building",
