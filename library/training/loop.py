@@ -33,6 +33,12 @@ def effective_learning_rate(args, world_size):
     return args.learning_rate
 
 
+# Ctrl-C, and SIGTERM from a job scheduler: finish the step, save a resumable state, exit 130. SIGTERM is needed
+# for Ctrl-C too: once a graph has run, MindSpore's own SIGINT handler (re-installed at every graph run) turns
+# SIGINT into SIGTERM to the process.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class TrainingLoop:
     def __init__(self, args, dataset, method, latent_source, spec, world, sample_fn=None):
         self.args = args
@@ -75,7 +81,7 @@ class TrainingLoop:
         progress = TrainingProgress(self.total, step, args.logging_dir, args.log_prefix,
                                     enabled=self.world.is_main, tensorboard=args.log_with != "none")
         self._announce(progress)
-        previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+        previous_handlers = {signum: signal.signal(signum, self._on_interrupt) for signum in STOP_SIGNALS}
         try:
             if args.sample_at_first and step == 0:
                 self._sample(step, None)
@@ -83,7 +89,12 @@ class TrainingLoop:
             while step < self.total and epoch < self.num_epochs:
                 self.dataset.set_epoch(epoch)
                 for index in range(start_batch, len(self.dataset)):
-                    loss, norm, updated = self.runner.run(micro, self._inputs(self.dataset[index]))
+                    # the last batch of an epoch always ends an update (accelerate's sync_with_dataloader, as
+                    # kohya): an epoch is ceil(batches / accumulation) steps and no state is saved with
+                    # gradients still pending
+                    last_of_epoch = index == len(self.dataset) - 1
+                    position = max(1, self.args.gradient_accumulation_steps) - 1 if last_of_epoch else micro
+                    loss, norm, updated = self.runner.run(position, self._inputs(self.dataset[index]))
                     micro = 0 if updated else micro + 1
                     if not np.isfinite(loss):
                         self._stop_on_nan(step, progress)
@@ -104,7 +115,8 @@ class TrainingLoop:
                     self._after_epoch(step, epoch, progress)
             self._final_save(step, epoch, progress)
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             progress.close()
         return step
 
@@ -199,7 +211,7 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------ failure handling
     def _on_interrupt(self, signum, frame):
-        if self.stop_requested:  # second Ctrl-C: stop now
+        if self.stop_requested:  # second Ctrl-C / SIGTERM: stop now
             raise KeyboardInterrupt
         self.stop_requested = True
 
