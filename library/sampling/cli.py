@@ -80,9 +80,44 @@ def _check_args(args):
             raise UserError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.max_embeddings_multiples > 3:
         raise UserError("--max_embeddings_multiples: at most 3 (225 tokens)")
+    if args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
     resolve_sampler(args.sampler)
+    _check_outdir(args.outdir)
     if args.network_weights and args.network_module and len(args.network_module) not in (1, len(args.network_weights)):
         raise UserError("--network_module: give one module, or one per --network_weights file")
+
+
+def _read_prompt_file(path):
+    try:
+        return load_prompt_file(path)
+    except UserError as e:
+        if path in str(e):
+            raise
+        raise UserError(f"--from_file {path}: {e}") from e  # a bad line: say which file it is in
+
+
+def _check_outdir(outdir):
+    """Before the model loads: a folder we cannot write would otherwise fail only at the first image."""
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--outdir {outdir}: cannot create it ({e.strerror})") from e
+    if not os.access(outdir, os.W_OK):
+        raise UserError(f"--outdir {outdir}: not writable")
+
+
+def _check_sizes(requests, spec):
+    """Image sides must divide down through the VAE and every UNet level (see model_pixel_multiple)."""
+    from ..data.build import model_pixel_multiple
+
+    multiple = model_pixel_multiple(spec)
+    for request in requests:
+        width, height = request.options.width, request.options.height
+        if width % multiple or height % multiple:
+            raise UserError(f"image size {width}x{height} (--W/--H or the prompt's --w/--h, prompt "
+                            f"{request.prompt!r}): the {spec.name} model needs sides that are multiples of "
+                            f"{multiple}")
 
 
 def _load_bundle(args):
@@ -138,16 +173,16 @@ def main(argv=None):
     from .. import device
 
     device.setup()
-    lines = [args.prompt] if args.prompt else load_prompt_file(args.from_file)
+    lines = [args.prompt] if args.prompt else _read_prompt_file(args.from_file)
     bundle = _load_bundle(args)
     embeddings = load_embeddings(bundle, args.textual_inversion_embeddings, allow_pickle=args.allow_unsafe_pickle)
     networks = load_networks(bundle, args.network_weights, args.network_module, args.network_mul,
                              args.network_merge, args.network_args, allow_pickle=args.allow_unsafe_pickle)
     requests = build_requests(lines, base_options(args, bundle.spec), args.images_per_prompt, args.n_iter,
                               args.seed, args.iter_same_seed)
+    _check_sizes(requests, bundle.spec)
     hashes = _hashes(args, embeddings)
     pipeline = Pipeline(bundle)
-    os.makedirs(args.outdir, exist_ok=True)
     written = 0
     with tqdm(total=len(requests), desc="images", unit="img") as progress:
         for batch in batches(requests, args.batch_size):
