@@ -33,11 +33,19 @@ def parse_args(argv):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="change a case parameter (e.g. --set latent=32 --set spec_name=tiny-sd15); results are "
                              "stored under 'case[key=value,...]'")
-    parser.add_argument("--extras", action="store_true", help="run the extra measurements (not part of --quick)")
+    parser.add_argument("--extras", nargs="?", const="all", default=None, metavar="NAMES",
+                        help="run the extra measurements (not part of --quick); optionally only some, comma-separated: "
+                             "latent_caching,recompute,data_parallel,compile,quickstart")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds a worker may take per answer")
     parser.add_argument("--output", type=str, default=os.path.join(ROOT, "bench_results.json"))
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args(argv)
+    args.extra_names = None
+    if args.extras and args.extras != "all":
+        args.extra_names = [n.strip() for n in args.extras.split(",") if n.strip()]
+        known = ("latent_caching", "recompute", "data_parallel", "compile", "quickstart")
+        if any(n not in known for n in args.extra_names):
+            parser.error(f"--extras {args.extras}: choose from {', '.join(known)}")
     args.overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -60,6 +68,10 @@ def parse_args(argv):
     else:
         args.case_names = default_cases(args.quick)
     return args
+
+
+def say(message):
+    print(message, flush=True)
 
 
 def result_key(name, overrides):
@@ -97,7 +109,8 @@ def main(argv=None):
     for name in args.case_names:
         key = result_key(name, args.overrides)
         print(f"- {key}: {CASES[name].what}", flush=True)
-        results[key] = run_case(name, repeats_for(name, args), threads, args.timeout, overrides=args.overrides)
+        results[key] = run_case(name, repeats_for(name, args), threads, args.timeout, say=say,
+                                overrides=args.overrides)
         status = results[key]["status"]
         print(f"  {status} in {results[key]['wall_s']:.0f} s" + (f": {results[key]['error']}"
                                                                   if status != "ok" else ""), flush=True)
@@ -106,7 +119,12 @@ def main(argv=None):
     if args.extras:
         from .extras import run_extras
 
-        extras = run_extras(threads, say=print)
+        from .results import read_results
+
+        measured = {**read_results(args.output), **results}
+        extras = run_extras(threads, say=say, case_results={k: v for k, v in measured.items()
+                                                            if isinstance(v, dict) and "ours_s" in v},
+                            names=args.extra_names, timeout_s=max(args.timeout, 3600.0))
     machine["loadavg_end_1_5_15"] = machine_state()["loadavg_1_5_15"]
     machine["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write_results(args.output, results, policy, machine, extras)

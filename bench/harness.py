@@ -47,6 +47,7 @@ class SideTimes:
         self.times = []
         self.peak = {}
         self.error = None
+        self.skipped = False
 
     def start(self, case, folder, threads, log_dir, timeout_s):
         self.worker = Worker(case.name, self.side, folder, threads, os.path.join(log_dir, f"{self.side}.log"),
@@ -70,12 +71,16 @@ class SideTimes:
             self.worker.kill()
 
 
-def run_case(name, repeats, threads, timeout_s=1800.0, say=print, keep_logs=False, overrides=None):
-    """The case's result dict (see bench/README.md); never raises for a failing worker."""
+def run_case(name, repeats, threads, timeout_s=1800.0, say=print, keep_logs=False, overrides=None,
+             only=("ours", "ref")):
+    """The case's result dict (see bench/README.md); never raises for a failing worker. `only`: the sides to
+    run (the extras measure ours alone)."""
     case = get_case(name).with_params(overrides)
     log_dir = tempfile.mkdtemp(prefix=f"bench_{name}_logs_")
     folder = tempfile.mkdtemp(prefix=f"bench_{name}_")
     sides = {"ours": SideTimes("ours"), "ref": SideTimes("ref")}
+    for key, side in sides.items():
+        side.skipped = key not in only
     started = time.time()
     try:
         with (bigmem_lock(say=say) if case.big else contextlib.nullcontext()):
@@ -83,7 +88,7 @@ def run_case(name, repeats, threads, timeout_s=1800.0, say=print, keep_logs=Fals
             if prepare_error:
                 pass
             elif case.big:
-                for side in (sides["ref"], sides["ours"]):
+                for side in (s for s in (sides["ref"], sides["ours"]) if not s.skipped):
                     _run_alone(side, case, folder, threads, log_dir, timeout_s, repeats)
             else:
                 _run_interleaved(sides, case, folder, threads, log_dir, timeout_s, repeats)
@@ -121,7 +126,7 @@ def _run_alone(side, case, folder, threads, log_dir, timeout_s, repeats):
 
 
 def _run_interleaved(sides, case, folder, threads, log_dir, timeout_s, repeats):
-    order = [sides["ours"], sides["ref"]]
+    order = [s for s in (sides["ours"], sides["ref"]) if not s.skipped]
     for side in order:
         try:
             side.start(case, folder, threads, log_dir, timeout_s)
