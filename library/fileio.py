@@ -16,7 +16,7 @@ def atomic_write(path):
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise UserError(f"cannot write to {folder}: {describe_os_error(e)}") from e
+        raise UserError(f"could not save {path} (cannot create a file in {folder}): {describe_os_error(e)}") from e
     os.close(fd)
     _ordinary_permissions(tmp)
     try:
@@ -32,6 +32,25 @@ def atomic_write(path):
         _remove_quietly(tmp)
         raise
     fsync_dir(folder)
+
+
+def remove_abandoned_temp_files(folder, name_prefix):
+    """Remove the hidden temp files/folders that atomic writes of `name_prefix*` left behind when their process
+    was killed mid-save (`.<name>.<random>.tmp`, `.<name>.tmp-<random>`). Returns the names removed."""
+    import shutil
+
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for entry in os.listdir(folder):
+        rest = entry[len(name_prefix) + 1:]
+        ours = entry.startswith("." + name_prefix) and rest[:1] in ("-", ".")  # not `.<name>2...` of another run
+        if ours and (entry.endswith(".tmp") or ".tmp-" in entry):
+            full = os.path.join(folder, entry)
+            with contextlib.suppress(OSError):
+                shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
+                removed.append(entry)
+    return removed
 
 
 def describe_os_error(error):

@@ -11,6 +11,7 @@ import signal
 import numpy as np
 
 from ..errors import UserError
+from ..fileio import remove_abandoned_temp_files
 from ..diffusion.training import sample_noise, sample_timesteps
 from .lr_schedules import make_schedule
 from .optimizers import build_optimizer, set_learning_rates, optimizer_state_params, parse_optimizer_args
@@ -78,6 +79,8 @@ class TrainingLoop:
             step, epoch, start_batch = self._resume(args.resume)
             self.dataset.set_step(step)  # token warm-up and caption schedules see the resumed step
         self._set_lr(step)
+        if self.world.is_main:  # leftovers of a run killed mid-save into this folder
+            remove_abandoned_temp_files(args.output_dir, self.output_name)
         progress = TrainingProgress(self.total, step, args.logging_dir, args.log_prefix,
                                     enabled=self.world.is_main, tensorboard=args.log_with != "none")
         self._announce(progress)

@@ -53,15 +53,13 @@ def save_state(path, trainable, optimizer_state, counters):
             with open(counters_tmp, "w", encoding="utf-8") as f:
                 json.dump(counters, f, indent=1)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a state folder is an ordinary folder
-        old = None
+        old = path + OLD_SUFFIX
         if os.path.exists(path):
-            old = path + OLD_SUFFIX
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
         os.replace(tmp, path)
         fsync_dir(parent)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)  # also one left by a save that was killed between the renames
     except (OSError, UserError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         cause = e if isinstance(e, OSError) else e.__cause__  # the writers wrap OSError in UserError
