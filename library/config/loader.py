@@ -38,9 +38,15 @@ def load_config_dict(path, what="dataset config"):
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            match = re.search(r"line (\d+), column (\d+)", str(e))
+            message = str(e)
+            match = re.search(r"line (\d+), column (\d+)", message)
+            if match is None and "end of document" in message:  # e.g. an unclosed string or bracket
+                lines = text.splitlines() or [""]
+                message = message.replace("end of document", f"end of document: line {len(lines)}, column "
+                                                             f"{len(lines[-1]) + 1}")
+                match = re.search(r"line (\d+)", message)
             where = _line_text(text, int(match.group(1))) if match else ""
-            raise UserError(f"{what} {path}: TOML syntax error: {e}{where}") from e
+            raise UserError(f"{what} {path}: TOML syntax error: {message}{where}") from e
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
