@@ -137,7 +137,9 @@ def recompute(threads, timeout_s, say=print):
             runs[checkpointing] = run_case("unet_fwd_bwd_sd15_64", 2, threads, timeout_s, say=say,
                                            overrides={"latent": latent, "checkpointing": checkpointing},
                                            only=("ours",))
-        if all(r["status"] == "ok" for r in runs.values()):
+            if runs[checkpointing]["status"] != "ok":
+                break  # without checkpointing it does not fit: try the next size
+        if len(runs) == 2 and all(r["status"] == "ok" for r in runs.values()):
             plain, ckpt = runs[False], runs[True]
             return {"latent": latent, "tried": tried,
                     "plain": _brief(plain), "checkpointing": _brief(ckpt),
