@@ -10,7 +10,9 @@ from bad_inputs_helpers import expect_failure, write_text
 from library.checkpoints import ensure_tiny_checkpoint
 from library.formats.embeddings import save_embedding
 from library.formats.lora import save_lora
+from library.models.bundle import build_bundle
 from library.models.configs import get_spec
+from library.networks import create_network
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,16 @@ def test_lora_whose_keys_fit_nothing(ckpt, tmp_path, capfd):
                       "lora_unet_no_such_block.lora_up.weight": np.zeros((4, 2), np.float32)})
     fail(ckpt, tmp_path, capfd, [stray, "lora_unet_no_such_block"], "--network_module", "networks.lora",
          "--network_weights", stray)
+
+
+def test_lora_with_some_stray_keys(ckpt, tmp_path, capfd):
+    network = create_network(build_bundle("tiny-sd15", with_tokenizers=False), network_dim=2)
+    tensors = dict(network.state_dict())  # a valid file for this model ...
+    tensors["lora_unet_mid_block_not_here.lora_down.weight"] = np.zeros((2, 8), np.float32)  # ... plus one stray
+    tensors["lora_unet_mid_block_not_here.lora_up.weight"] = np.zeros((8, 2), np.float32)
+    mixed = str(tmp_path / "mixed.safetensors")
+    save_lora(mixed, tensors)
+    fail(ckpt, tmp_path, capfd, [mixed, "1 module(s)", "lora_unet_mid_block_not_here"], "--network_weights", mixed)
 
 
 def test_lora_for_another_family(ckpt, tmp_path, capfd):

@@ -14,7 +14,9 @@ from bad_inputs_helpers import dataset_toml, expect_failure, write_images
 from library.checkpoints import ensure_tiny_checkpoint
 from library.formats.embeddings import save_embedding
 from library.formats.lora import save_lora
+from library.models.bundle import build_bundle
 from library.models.configs import get_spec
+from library.networks import create_network
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +164,17 @@ def test_network_weights_with_stray_keys(env, tmp_path, capfd):
     lora(env, tmp_path, capfd, ["--network_weights", stray, "lora_unet_not_a_layer"], "--network_weights", stray)
 
 
+def test_network_weights_with_some_stray_keys(env, tmp_path, capfd):
+    network = create_network(build_bundle("tiny-sd15", with_tokenizers=False), network_dim=4)
+    tensors = dict(network.state_dict())
+    tensors["lora_te_text_model_typo_layer.lora_down.weight"] = np.zeros((4, 32), np.float32)
+    tensors["lora_te_text_model_typo_layer.lora_up.weight"] = np.zeros((32, 4), np.float32)
+    mixed = str(tmp_path / "mixed.safetensors")
+    save_lora(mixed, tensors)
+    lora(env, tmp_path, capfd, ["--network_weights", mixed, "lora_te_text_model_typo_layer"],
+         "--network_weights", mixed, "--network_dim", "4")
+
+
 def test_network_weights_of_another_family(env, tmp_path, capfd):
     xl = str(tmp_path / "xl_lora.safetensors")
     save_lora(xl, {"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": np.zeros((2, 32), np.float32),
@@ -177,3 +190,27 @@ def test_output_dir_not_writable(env, tmp_path, capfd):
     argv = ["--pretrained_model_name_or_path", env["sd15"], "--dataset_config", env["config"],
             "--output_dir", out, "--max_train_steps", "1"]
     expect_failure(train_network, argv, capfd, ["--output_dir", out, "cannot create"], out)
+
+
+def test_pickled_lora_is_not_unpickled_without_consent(env, tmp_path, capfd):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "lora.pt"
+    evil.write_bytes(pickle.dumps({"lora_unet_x.alpha": Payload()}))
+    lora(env, tmp_path, capfd, [str(evil), "--allow_unsafe_pickle"], "--network_weights", str(evil))
+    assert not marker.exists()
+
+
+def test_resume_folder_missing(env, tmp_path, capfd):
+    gone = str(tmp_path / "last-state")
+    lora(env, tmp_path, capfd, ["--resume", gone, "not a state folder"], "--resume", gone)
+
+
+def test_resume_folder_without_a_state(env, tmp_path, capfd):
+    empty = tmp_path / "empty-state"
+    empty.mkdir()
+    ti(env, tmp_path, capfd, ["--resume", str(empty), "missing"], "--resume", str(empty))

@@ -68,6 +68,13 @@ class LoRATraining(DiffusionMethod):
     def _load_weights(self, path):
         tensors, metadata = read_lora_file(path, allow_pickle=self.args.allow_unsafe_pickle)
         missing, unexpected = self.network.load_state_dict(tensors, metadata, source=f"--network_weights {path}")
+        excluded = (("lora_te",) if self.args.network_train_unet_only else
+                    ("lora_unet",) if self.args.network_train_text_encoder_only else ())
+        stray = [name for name in unexpected if not name.startswith(excluded)]
+        if stray:  # silently dropping them would train (and save) a different LoRA than the file holds
+            raise UserError(f"--network_weights {path}: {len(stray)} module(s) this network does not have, e.g. "
+                            f"{', '.join(stray[:3])} (a LoRA for another model or a damaged file; conv modules "
+                            "need --network_args conv_dim=N or --dim_from_weights)")
         log.info("--network_weights %s: loaded %d modules; %d not in the file, %d in the file not trained",
                  path, len(self.network) - len(missing), len(missing), len(unexpected))
 

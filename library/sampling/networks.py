@@ -43,23 +43,19 @@ def load_networks(bundle, weights, modules=None, multipliers=None, merge=False, 
                             f"{', '.join(NETWORK_MODULE_NAMES)}")
         tensors, metadata = read_lora_file(path, allow_pickle=allow_pickle)
         network = create_network_from_weights(bundle, tensors, multiplier=multiplier, network_args=arg)
-        network.load_state_dict(tensors, metadata, source=f"LoRA file {path}")
+        _, unexpected = network.load_state_dict(tensors, metadata, source=f"LoRA file {path}")
+        if unexpected:  # the network was built from this file, so these name no layer of the model
+            raise UserError(f"LoRA file {path}: {len(unexpected)} module(s) match no layer of this "
+                            f"{bundle.spec.family} model or lack lora_down/lora_up weights, e.g. "
+                            f"{', '.join(unexpected[:3])} (a LoRA for another model, or a damaged file)")
         if merge:
             network.merge_into_base(multiplier)
         else:
             network.apply()
         loaded.append(LoadedNetwork(path=str(path), network=network, multiplier=multiplier, merged=merge))
-    if loaded:
-        _forget_compiled_text_conditioners()
+    # No cache to clear: compiled text conditioners and UNet steps are keyed on the models' adapters
+    # (models.bundle.graph_structure_key), so the next call compiles a graph that includes the LoRA.
     return loaded
-
-
-def _forget_compiled_text_conditioners():
-    """Text conditioners compiled before the LoRA was applied would keep running the graph without it:
-    the network re-keys its target cells, not the conditioner that holds them. Drop them from the cache."""
-    from ..models import text_conditioning
-
-    text_conditioning._CONDITIONER_CACHE.clear()
 
 
 def set_multipliers(networks, multipliers):
