@@ -165,8 +165,12 @@ def check_python(argv, caplog, monkeypatch):
         pytest.fail(f"unknown script {script}")
 
 
-def check_command(tokens, caplog, monkeypatch):
-    monkeypatch.chdir(REPO)
+def check_command(tokens, caplog, monkeypatch, workdir):
+    """`workdir` sees the repository's examples/ like the repository root does; what a check creates (gen_img
+    makes its --outdir) lands there."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "examples").symlink_to(REPO / "examples")
+    monkeypatch.chdir(workdir)
     program, argv = tokens[0], tokens[1:]
     if program == "python":
         check_python(argv, caplog, monkeypatch)
@@ -183,9 +187,9 @@ def check_command(tokens, caplog, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("command", all_documented_commands())
-def test_documented_command_is_valid(command, caplog, monkeypatch):
+def test_documented_command_is_valid(command, caplog, monkeypatch, tmp_path):
     try:
-        check_command(command, caplog, monkeypatch)
+        check_command(command, caplog, monkeypatch, tmp_path)
     except SystemExit as e:  # argparse rejected an option
         pytest.fail(f"`{shlex.join(command)}` does not parse (exit {e.code})")
 
@@ -196,12 +200,12 @@ def test_readme_fresh_machine_commands_are_the_first_block():
                      ["pip", "install", "-r", "requirements-dev.txt"], ["python", "-m", "pytest", "-q", "tests"]]
 
 
-def test_quickstart_script_commands_are_valid(caplog, monkeypatch):
+def test_quickstart_script_commands_are_valid(caplog, monkeypatch, tmp_path):
     text = (REPO / "examples" / "quickstart.sh").read_text(encoding="utf-8").replace("$OUT", "output/quickstart")
     python_lines = [c for c in split_commands(text) if c and c[0] == "python"]
     assert [c[1] for c in python_lines] == ["train_textual_inversion.py", "gen_img.py"]
-    for command in python_lines:
-        check_command(command, caplog, monkeypatch)
+    for i, command in enumerate(python_lines):
+        check_command(command, caplog, monkeypatch, tmp_path / str(i))
 
 
 def test_english_and_chinese_guides_match():
