@@ -2,6 +2,7 @@
 import argparse
 import logging
 import os
+import signal
 
 from ..errors import UserError
 from ..config.cli_args import add_dataset_arguments, add_config_file_arguments, load_config_file
@@ -179,7 +180,13 @@ def run_training(args, bundle, data, method, world, sample_fn):
     """Latents, the loop and Ctrl-C: the path of the final file, or None when interrupted (state saved)."""
     from .loop import TrainingLoop, KeyboardInterruptSaved
 
-    latents = make_latent_source(args, bundle, data)
+    # Ctrl-C while latents are cached: once the VAE graph has run, MindSpore turns SIGINT into SIGTERM, which
+    # would kill the process without a word; make it the usual KeyboardInterrupt (exit 130, temp files removed)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        latents = make_latent_source(args, bundle, data)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     loop = TrainingLoop(args, data, method, latents, bundle.spec, world, sample_fn)
     try:
         loop.run()
@@ -187,3 +194,7 @@ def run_training(args, bundle, data, method, world, sample_fn):
         print(stop)
         return None
     return loop.last_save
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
