@@ -225,6 +225,13 @@ def test_every_guide_is_linked_from_the_readme():
             assert f"({folder.relative_to(REPO).as_posix()}/{name})" in readme, f"README does not link {name}"
 
 
+def test_relative_links_resolve():
+    for doc in [REPO / "README.md"] + [d / name for d in GUIDE_DIRS for name in guide_files(d)]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8")):
+            if not target.startswith(("http://", "https://")):
+                assert (doc.parent / target).exists(), f"{doc.relative_to(REPO)}: broken link {target}"
+
+
 def run_blocks(blocks, cwd):
     """Run documented blocks at the same time, each in its own shell, its commands in order (our scripts by
     absolute path, with this Python). Graph compilation is mostly single-threaded, so the blocks together take
