@@ -6,7 +6,11 @@ One Cell per mode so each compiles to one graph (GRAPH_MODE on every device; PyN
 - "apply": the last micro-batch: grads + buffers, mean, all-reduce, clip, update, buffers zeroed.
 An update whose gradient norm is not finite is skipped, so a NaN loss never corrupts the trained weights;
 the loop sees the NaN loss and stops with a message.
+With a flat optimizer (`optimizer.flat`, FusedAdamW) the gradients are concatenated once into one vector and
+everything after the backward (accumulation, unscaling, all-reduce, norm, clipping, the skip, the update) is
+a fixed handful of ops instead of several per parameter, and the skip is a select, not a branch.
 """
+import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Tensor, Parameter, ParameterTuple
 
@@ -19,6 +23,7 @@ class TrainStep(nn.Cell):
         self.loss_cell = loss_cell
         self.optimizer = optimizer
         self.weights = optimizer.parameters
+        self.flat = bool(getattr(optimizer, "flat", False))
         self.mode = mode
         self.max_grad_norm = float(max_grad_norm or 0.0)
         self.accumulation_steps = int(accumulation_steps)
@@ -35,14 +40,17 @@ class TrainStep(nn.Cell):
         loss = self.loss_cell(*inputs)
         sens = ops.cast(self.loss_scale, loss.dtype)
         grads = self.grad(self.loss_cell, self.weights)(*inputs, sens)
+        if self.flat:
+            grads = (self.optimizer.flatten(grads),)
         if self.mode == "accumulate":
             self.hyper_map(ops.assign_add, self.accum, grads)
             return loss, ops.zeros((), ms.float32)
         if self.mode == "apply":
             grads = self.hyper_map(ops.add, grads, self.accum)
             self.hyper_map(_zero, self.accum)
-        scale = self.loss_scale * self.accumulation_steps
-        grads = self.hyper_map(ops.partial(_divide, scale), grads)
+        if self.use_loss_scale or self.accumulation_steps > 1:
+            scale = self.loss_scale * self.accumulation_steps
+            grads = self.hyper_map(ops.partial(_divide, scale), grads)
         if self.grad_reducer is not None:
             grads = self.grad_reducer(grads)
         norm = _global_norm(grads)
@@ -51,6 +59,9 @@ class TrainStep(nn.Cell):
             # torch's clip_grad_norm_: scale by max_norm / (norm + 1e-6), never up
             factor = ops.minimum(self.max_grad_norm / (norm + 1e-6), 1.0)
             grads = self.hyper_map(ops.partial(_multiply, factor), grads)
+        if self.flat:
+            self.optimizer.apply_flat(grads[0], finite)
+            return loss, norm
         if finite:
             self.optimizer(grads)
         return loss, norm
@@ -84,6 +95,10 @@ def _global_norm(grads):
 
 
 def make_accumulation_buffers(optimizer):
+    if getattr(optimizer, "flat", False):
+        total = sum(int(np.prod(p.shape)) for p in optimizer.parameters)
+        return ParameterTuple([Parameter(Tensor(np.zeros(total, np.float32)), name="accum.flat",
+                                         requires_grad=False)])
     return ParameterTuple([Parameter(ops.zeros(p.shape, p.dtype), name=f"accum.{p.name}", requires_grad=False)
                            for p in optimizer.parameters])
 
@@ -92,7 +107,9 @@ def make_grad_reducer(optimizer, world_size):
     """Average gradients across data-parallel workers (mean), inside the compiled step."""
     if world_size <= 1:
         return None
-    return nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=world_size)
+    # a flat optimizer's step reduces one vector; the reducer only needs a parameter of that shape per gradient
+    params = [optimizer.exp_avg] if getattr(optimizer, "flat", False) else optimizer.parameters
+    return nn.DistributedGradReducer(params, mean=True, degree=world_size)
 
 
 class StepRunner:
