@@ -22,18 +22,49 @@ def flash_attention_fits(head_dim):
     return head_dim % 16 == 0 and head_dim <= FLASH_HEAD_DIM_MAX
 
 
+# Largest attention-probability block (B * heads * query rows * keys elements, 64 MB of fp32) the CPU path
+# materialises at once; longer queries are processed in row blocks. SD1.5 at 64x64 latents has 8 x 4096 x 4096
+# scores per self-attention (512 MB, and the backward needs three such tensors at once).
+ATTENTION_BLOCK_ELEMENTS = 1 << 24
+
+
+def query_blocks(batch_heads, sq, sk, max_elements):
+    """(start, stop) row ranges of near-equal size whose score blocks hold at most `max_elements`.
+
+    Written with plain arithmetic (no `max`, no comprehension): graph mode evaluates it at compile time.
+    """
+    rows = max_elements // (batch_heads * sk)
+    if rows < 1:
+        rows = 1
+    if rows >= sq:
+        return ((0, sq),)
+    count = (sq + rows - 1) // rows
+    rows = (sq + count - 1) // count
+    blocks = ()
+    for start in range(0, sq, rows):
+        stop = start + rows
+        if stop > sq:
+            stop = sq
+        blocks += ((start, stop),)
+    return blocks
+
+
 class SoftmaxAttention(nn.Cell):
     """softmax(Q K^T * scale [+ mask]) V on (B, N, S, D) tensors, with the CPU-friendly backward.
 
     dS = P * (dO V^T - rowsum(dO * O)), where rowsum(dO * O) == rowsum(P * dP) is a sum over D;
     dQ = dS K * scale, dK = dS^T (Q * scale), dV = P^T dO.
     `mask` (additive, broadcast to (B, N, Sq, Sk)) is a constant: its gradient is zero.
+    Long queries run in row blocks (forward and backward; the same math, rows are independent) so that
+    the probabilities never take more than `max_block_elements`; `Depend` edges chain the blocks so the
+    runtime cannot schedule them side by side (which would hold every block's transients at once).
     """
 
-    def __init__(self, scale, with_mask=False):
+    def __init__(self, scale, with_mask=False, max_block_elements=ATTENTION_BLOCK_ELEMENTS):
         super().__init__()
         self.scale = scale
         self.with_mask = with_mask
+        self.max_block_elements = max_block_elements
         self.qk = ops.BatchMatMul(transpose_b=True)
         self.pv = ops.BatchMatMul()
         self.tn = ops.BatchMatMul(transpose_a=True)
@@ -46,20 +77,53 @@ class SoftmaxAttention(nn.Cell):
         # softmax stays fp32 under mixed precision (a no-op cast in fp32)
         return self.softmax(scores.astype(ms.float32)).astype(q_scaled.dtype)
 
+    def _blocks(self, q, k):
+        return query_blocks(q.shape[0] * q.shape[1], q.shape[2], k.shape[2], self.max_block_elements)
+
+    def _mask_rows(self, mask, start, stop):
+        if self.with_mask and mask.ndim == 4 and mask.shape[2] > 1:
+            return mask[:, :, start:stop]
+        return mask
+
     def construct(self, q, k, v, mask):
         # the scale goes on Q (S x D), not on the S x S scores: one pass less over the largest tensor
-        return self.pv(self._probs(q * self.scale, k, mask), v)
+        q_scaled = q * self.scale
+        blocks = self._blocks(q, k)
+        if len(blocks) == 1:
+            return self.pv(self._probs(q_scaled, k, mask), v)
+        outs = []
+        for start, stop in blocks:
+            rows = q_scaled[:, :, start:stop]
+            if outs:
+                rows = ops.depend(rows, outs[-1])
+            outs.append(self.pv(self._probs(rows, k, self._mask_rows(mask, start, stop)), v))
+        return ops.concat(outs, 2)
+
+    def _block_grads(self, q_scaled, k, v, mask, out, dout):
+        p = self._probs(q_scaled, k, mask)
+        dv = self.tn(p, dout)
+        row = (dout * out).sum(-1, keepdims=True)
+        ds = p * (self.qk(dout, v) - row)
+        return self.pv(ds, k) * self.scale, self.tn(ds, q_scaled), dv
 
     def bprop(self, q, k, v, mask, out, dout):
         q_scaled = q * self.scale
-        p = self._probs(q_scaled, k, mask)
-        dv = self.tn(p, dout)
-        dp = self.qk(dout, v)
-        row = (dout * out).sum(-1, keepdims=True)
-        ds = p * (dp - row)
-        dq = self.pv(ds, k) * self.scale
-        dk = self.tn(ds, q_scaled)
-        return dq, dk, dv, ops.zeros_like(mask)
+        blocks = self._blocks(q, k)
+        if len(blocks) == 1:
+            dq, dk, dv = self._block_grads(q_scaled, k, v, mask, out, dout)
+            return dq, dk, dv, ops.zeros_like(mask)
+        dqs = []
+        dk = dv = None
+        for start, stop in blocks:
+            rows = q_scaled[:, :, start:stop]
+            if dqs:
+                rows = ops.depend(ops.depend(rows, dk), dv)
+            dq_rows, dk_part, dv_part = self._block_grads(
+                rows, k, v, self._mask_rows(mask, start, stop), out[:, :, start:stop], dout[:, :, start:stop])
+            dqs.append(dq_rows)
+            dk = dk_part if dk is None else dk + dk_part
+            dv = dv_part if dv is None else dv + dv_part
+        return ops.concat(dqs, 2), dk, dv, ops.zeros_like(mask)
 
 
 class PlainAttention(nn.Cell):
