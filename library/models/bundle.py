@@ -1,4 +1,8 @@
-"""A Stable Diffusion model as one object: spec + UNet + VAE + text encoders + tokenizers."""
+"""A Stable Diffusion model as one object: spec + UNet + VAE + text encoders + tokenizers.
+
+Also `graph_structure_key(cell)`: what every cache of compiled graphs over these models keys on.
+"""
+import itertools
 from dataclasses import dataclass, field
 
 from ..errors import UserError
@@ -58,3 +62,36 @@ def build_bundle(spec, with_tokenizers=True):
     tokenizers = build_tokenizers(spec) if with_tokenizers else []
     return ModelBundle(spec=spec, unet=UNet2DConditionModel(spec.unet), vae=AutoencoderKL(spec.vae),
                        text_encoders=text_encoders, tokenizers=tokenizers)
+
+
+_serials = itertools.count(1)
+
+
+def _serial(obj):
+    """A number naming `obj` for its whole life (an id() can be reused once an object is freed)."""
+    serial = getattr(obj, "_graph_serial", None)
+    if serial is None:
+        serial = next(_serials)
+        object.__setattr__(obj, "_graph_serial", serial)
+    return serial
+
+
+def graph_structure_key(cell):
+    """A hashable key that changes whenever a graph compiled from `cell` (or from a Cell holding it) is stale.
+
+    A compiled graph bakes in the Cells it ran, not just parameter values: the LoRA adapters in every
+    layer's `adapters` list (in order) and the text encoders' new token rows. Appending or removing an
+    adapter leaves the holding Cell's own MindSpore cache key unchanged, so caches of compiled Cells must
+    key on this instead. Parameter values (ops.assign, multipliers, merged weights) are read live and are
+    not part of the key.
+    """
+    parts = [_serial(cell)]
+    for name, sub in cell.cells_and_names():
+        adapters = getattr(sub, "adapters", None)
+        if adapters is not None and len(adapters):
+            parts.append((name, tuple(_serial(adapter) for adapter in adapters)))
+        rows_of = getattr(sub, "new_token_rows_parameter", None)
+        if callable(rows_of):
+            rows = rows_of()
+            parts.append((name, "new_rows", None if rows is None else (_serial(rows), tuple(rows.shape))))
+    return tuple(parts)

@@ -26,6 +26,7 @@ import numpy as np
 from mindspore import nn, ops, Tensor
 
 from ..errors import UserError
+from .bundle import graph_structure_key
 from .clip import CLIPTextModelWithProjection
 
 FAMILIES = ("sd1", "sd2", "sdxl")
@@ -144,13 +145,16 @@ class TextConditioner(nn.Cell):
         return ops.concat((context, context_2), axis=-1), pooled
 
 
-# Inference: reuse a compiled conditioner per (encoders and their new-rows structure, family, clip_skip).
+# Inference: reuse a compiled conditioner per (encoders' structure incl. LoRA adapters and new rows, family,
+# clip_skip). A structure change gives a new key, so a new conditioner Cell that compiles afresh.
 _CONDITIONER_CACHE = OrderedDict()
 _CACHE_SIZE = 4
 
 
-def _cached_conditioner(encoders, family, clip_skip):
-    key = (tuple(e.structure_key() for e in encoders), family, clip_skip)
+def cached_conditioner(encoders, family, clip_skip=None):
+    """The compiled-once TextConditioner for these encoders as they are now (adapters and new rows included)."""
+    encoders = list(encoders)
+    key = (tuple(graph_structure_key(e) for e in encoders), family, clip_skip)
     conditioner = _CONDITIONER_CACHE.pop(key, None)
     if conditioner is None:
         conditioner = TextConditioner(encoders, family, clip_skip)
@@ -197,7 +201,7 @@ def encode_prompts(bundle_or_encoders, ids_per_encoder, family=None, clip_skip=N
     if len(ids) == 2 and ids[0].shape != ids[1].shape:
         raise UserError(f"encode_prompts: the two tokenizers' ids differ in shape: {list(ids[0].shape)} vs "
                         f"{list(ids[1].shape)}")
-    conditioner = _cached_conditioner(encoders, family, clip_skip)
+    conditioner = cached_conditioner(encoders, family, clip_skip)
     return conditioner(*ids)
 
 
