@@ -91,6 +91,7 @@ class LoRAModule(nn.Cell):
             up_shape = (target.out_features, self.rank)
         self.lora_down.weight.set_data(Tensor(kaiming_uniform_a_sqrt5(down_shape, rng)))
         self.lora_up.weight.set_data(Tensor(np.zeros(up_shape, np.float32)))
+        self.matmul = ops.MatMul(transpose_b=True)
         self.multiplier_scale = Parameter(Tensor(np.float32(self.multiplier * self.scale)), name="multiplier_scale",
                                           requires_grad=False)
 
@@ -113,24 +114,38 @@ class LoRAModule(nn.Cell):
 
     # ------------------------------------------------------------------ forward
 
-    def _rank_mask(self, h):
-        """Per-sample Bernoulli keep-mask over the rank channels, broadcast to h's layout (kohya)."""
-        keep = (ops.rand((h.shape[0], self.rank)) > self.rank_dropout).astype(h.dtype)
+    def _rank_mask(self, h, x):
+        """Per-sample Bernoulli keep-mask over the rank channels (kohya), broadcast to h's layout (a Linear's h
+        is the 2-D view (samples * tokens, r) of x)."""
+        keep = (ops.rand((x.shape[0], self.rank)) > self.rank_dropout).astype(h.dtype)
         if self.is_conv:
-            return keep.reshape(h.shape[0], self.rank, 1, 1)
-        if len(h.shape) == 3:
-            return keep.reshape(h.shape[0], 1, self.rank)
+            return keep.reshape(x.shape[0], self.rank, 1, 1)
+        if len(x.shape) == 3:
+            return ops.broadcast_to(keep.reshape(x.shape[0], 1, self.rank),
+                                    (x.shape[0], x.shape[1], self.rank)).reshape(-1, self.rank)
         return keep
 
     def construct(self, x):
-        h = self.lora_down(x)
-        scale = self.multiplier_scale
+        scale = ops.cast(self.multiplier_scale, x.dtype)
+        if self.training and self.rank_dropout > 0:
+            scale = scale * (1.0 / (1.0 - self.rank_dropout))
+        if self.is_conv:
+            h = self.lora_down(x)
+        else:
+            # the down/up weights used directly: one MatMul each on the 2-D view (the Linear cells'
+            # reshapes and adapter loops are per-op overhead that dominates small layers)
+            x2 = x.reshape(-1, x.shape[-1])
+            h = self.matmul(x2, self.lora_down.weight)
+        # the scale on the rank-r activations: r channels to multiply instead of out_features
+        h = h * scale
         if self.training and self.dropout > 0:
             h = ops.dropout(h, p=self.dropout)
         if self.training and self.rank_dropout > 0:
-            h = h * self._rank_mask(h)
-            scale = scale * (1.0 / (1.0 - self.rank_dropout))
-        y = self.lora_up(h) * scale.astype(h.dtype)
+            h = h * self._rank_mask(h, x)
+        if self.is_conv:
+            y = self.lora_up(h)
+        else:
+            y = self.matmul(h, self.lora_up.weight).reshape(x.shape[:-1] + (self.lora_up.out_features,))
         if self.training and self.module_dropout > 0:
             # kohya skips the whole branch with probability module_dropout
             y = y * (ops.rand((1,)) >= self.module_dropout).astype(y.dtype)
