@@ -214,3 +214,16 @@ def test_resume_folder_without_a_state(env, tmp_path, capfd):
     empty = tmp_path / "empty-state"
     empty.mkdir()
     ti(env, tmp_path, capfd, ["--resume", str(empty), "missing"], "--resume", str(empty))
+
+
+def test_sample_prompt_of_a_size_the_model_cannot_take(env, tmp_path, capfd):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a toy --w 64 --h 64\na toy on a table --w 72 --h 64\n")
+    lora(env, tmp_path, capfd, ["--sample_prompts", str(prompts), "a toy on a table", "72x64"],
+         "--sample_prompts", str(prompts), "--sample_every_n_steps", "1")
+
+
+def test_sample_prompt_with_an_unknown_sampler(env, tmp_path, capfd):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a toy --ss warp_drive\n")
+    ti(env, tmp_path, capfd, ["--sample_prompts", str(prompts), "warp_drive"], "--sample_prompts", str(prompts))

@@ -47,17 +47,12 @@ def verify_bucket_reso_steps(group, divisor):
                         params.source, params.bucket_reso_steps, divisor)
 
 
-def model_pixel_multiple(spec):
-    """Image sides a model can take: the VAE's downsampling times the UNet's (SD1/2: 8 * 8 = 64, SDXL: 8 * 4)."""
-    vae = 2 ** (len(spec.vae["block_out_channels"]) - 1)
-    unet = 2 ** (len(spec.unet["block_out_channels"]) - 1)
-    return vae * unet
-
-
 def check_sizes_fit_model(group, spec):
     """Every training size must divide down through the VAE and the UNet's levels, or the UNet's skip
     connections do not line up (the run would crash at its first step). Bucket sides are multiples of
     bucket_reso_steps; without buckets every image is resized to the resolution itself."""
+    from ..sampling.checks import model_pixel_multiple
+
     multiple = model_pixel_multiple(spec)
     for dataset in group.datasets:
         params = dataset.params

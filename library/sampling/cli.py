@@ -7,6 +7,7 @@ from tqdm import tqdm
 from ..diffusion.prompt_file import load_prompt_file
 from ..diffusion.samplers import SAMPLER_NAMES, resolve_sampler
 from ..errors import UserError
+from .checks import check_sample_settings
 from .embeddings import expand_prompt, load_embeddings
 from .networks import load_networks, set_multipliers
 from .pipeline import Pipeline, SamplingOptions, to_uint8
@@ -107,17 +108,11 @@ def _check_outdir(outdir):
         raise UserError(f"--outdir {outdir}: not writable")
 
 
-def _check_sizes(requests, spec):
-    """Image sides must divide down through the VAE and every UNet level (see model_pixel_multiple)."""
-    from ..data.build import model_pixel_multiple
-
-    multiple = model_pixel_multiple(spec)
+def _check_requests(requests, spec):
     for request in requests:
-        width, height = request.options.width, request.options.height
-        if width % multiple or height % multiple:
-            raise UserError(f"image size {width}x{height} (--W/--H or the prompt's --w/--h, prompt "
-                            f"{request.prompt!r}): the {spec.name} model needs sides that are multiples of "
-                            f"{multiple}")
+        o = request.options
+        check_sample_settings(o.width, o.height, o.sampler, spec,
+                              f"prompt {request.prompt!r} (--W/--H, --sampler or its --w/--h/--ss)")
 
 
 def _load_bundle(args):
@@ -180,7 +175,7 @@ def main(argv=None):
                              args.network_merge, args.network_args, allow_pickle=args.allow_unsafe_pickle)
     requests = build_requests(lines, base_options(args, bundle.spec), args.images_per_prompt, args.n_iter,
                               args.seed, args.iter_same_seed)
-    _check_sizes(requests, bundle.spec)
+    _check_requests(requests, bundle.spec)
     hashes = _hashes(args, embeddings)
     pipeline = Pipeline(bundle)
     written = 0

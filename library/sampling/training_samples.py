@@ -8,6 +8,7 @@ import random
 
 from ..diffusion.prompt_file import load_prompt_file, resolve_prompt_settings
 from ..diffusion.samplers import resolve_sampler
+from .checks import check_sample_settings
 from .embeddings import expand_prompt
 from .pipeline import Pipeline, SamplingOptions, to_uint8
 from .png_output import a1111_parameters, sample_file_name, save_png, timestamp
@@ -75,7 +76,13 @@ class TrainingSampler:
         self.bundle = bundle
         self.prompt_rewrite = prompt_rewrite
         self.prompts = load_prompt_file(args.sample_prompts)
-        resolve_sampler(getattr(args, "sample_sampler", None) or "ddim", option="--sample_sampler")
+        sampler = getattr(args, "sample_sampler", None) or "ddim"
+        resolve_sampler(sampler, option="--sample_sampler")
+        size = bundle.spec.resolution
+        for entry in self.prompts:  # a bad prompt would otherwise stop the run at its first sample
+            settings = resolve_prompt_settings(entry, sampler=sampler, width=size, height=size)
+            check_sample_settings(settings["width"], settings["height"], settings["sample_sampler"], bundle.spec,
+                                  f"--sample_prompts {args.sample_prompts}: prompt {settings['prompt']!r}")
 
     def __call__(self, step=None, epoch=None):
         args = self.args
