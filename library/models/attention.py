@@ -99,27 +99,35 @@ class SoftmaxAttention(nn.Cell):
             outs.append(self.pv(self._probs(rows, k, self._mask_rows(mask, start, stop)), v))
         return ops.concat(outs, 2)
 
-    def _block_grads(self, q_scaled, k, v, mask, out, dout):
+    def _block_grads(self, q_scaled, k, v_ones, mask, out, dout):
         p = self._probs(q_scaled, k, mask)
         dv = self.tn(p, dout)
+        # dO V^T - rowsum(dO * O) as one matmul of [dO, -rowsum] and [V, 1]: a broadcasting Sub over the
+        # S x S block would keep an index table of 16 bytes per element (see layers._bias_add)
         row = (dout * out).sum(-1, keepdims=True)
-        ds = p * (self.qk(dout, v) - row)
+        ds = p * self.qk(ops.concat((dout, -row), -1), v_ones)
         return self.pv(ds, k) * self.scale, self.tn(ds, q_scaled), dv
 
     def bprop(self, q, k, v, mask, out, dout):
         q_scaled = q * self.scale
         blocks = self._blocks(q, k)
+        v_ones = ops.concat((v, ops.ones(v.shape[:-1] + (1,), v.dtype)), -1)
         if len(blocks) == 1:
-            dq, dk, dv = self._block_grads(q_scaled, k, v, mask, out, dout)
+            dq, dk, dv = self._block_grads(q_scaled, k, v_ones, mask, out, dout)
             return dq, dk, dv, ops.zeros_like(mask)
         dqs = []
         dk = dv = None
         for start, stop in blocks:
-            rows = q_scaled[:, :, start:stop]
+            rows, out_rows, dout_rows = q_scaled[:, :, start:stop], out[:, :, start:stop], dout[:, :, start:stop]
             if dqs:
-                rows = ops.depend(ops.depend(rows, dk), dv)
+                # every block input waits for the previous block: otherwise the executor runs each block's
+                # dO V^T (independent of the chain) up front and holds all of them at once
+                previous = (dk, dv)
+                rows = ops.depend(rows, previous)
+                out_rows = ops.depend(out_rows, previous)
+                dout_rows = ops.depend(dout_rows, previous)
             dq_rows, dk_part, dv_part = self._block_grads(
-                rows, k, v, self._mask_rows(mask, start, stop), out[:, :, start:stop], dout[:, :, start:stop])
+                rows, k, v_ones, self._mask_rows(mask, start, stop), out_rows, dout_rows)
             dqs.append(dq_rows)
             dk = dk_part if dk is None else dk + dk_part
             dv = dv_part if dv is None else dv + dv_part

@@ -1,7 +1,7 @@
 """ResNet block and resampling layers shared by the UNet and the VAE (diffusers names and semantics)."""
 from mindspore import nn, ops
 
-from .layers import Conv2d, GroupNorm, Linear
+from .layers import Conv2d, GroupNorm, Linear, add_channel_bias
 
 
 class ResnetBlock2D(nn.Cell):
@@ -26,8 +26,7 @@ class ResnetBlock2D(nn.Cell):
     def construct(self, x, temb=None):
         h = self.conv1(self.silu(self.norm1(x)))
         if temb is not None and self.time_emb_proj is not None:
-            t = self.time_emb_proj(self.silu(temb))
-            h = h + t.reshape(t.shape[0], t.shape[1], 1, 1)
+            h = add_channel_bias(h, self.time_emb_proj(self.silu(temb)))
         h = self.conv2(self.silu(self.norm2(h)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
