@@ -176,3 +176,22 @@ def test_config_file_option_typo(sd15, images, tmp_path, capfd):
         """)
     fail_lora(sd15, dataset, tmp_path, capfd, [options, "learning_rat", "did you mean `learning_rate`?"],
               "--config_file", options)
+
+
+def test_config_file_value_of_the_wrong_type(sd15, images, tmp_path, capfd):
+    dataset = dataset_toml(tmp_path / "d.toml", images)
+    options = write_text(tmp_path / "args.toml", """
+        [training]
+        max_train_steps = "many"
+        """)
+    fail_lora(sd15, dataset, tmp_path, capfd, [options, "max_train_steps", "'many'"], "--config_file", options)
+
+
+def test_config_file_flag_that_is_not_a_boolean(sd15, images, tmp_path, capfd):
+    dataset = dataset_toml(tmp_path / "d.toml", images)
+    options = write_text(tmp_path / "args.toml", """
+        [dataset]
+        cache_latents = "yes"
+        """)
+    fail_ti(sd15, dataset, tmp_path, capfd, [options, "cache_latents", "expected true or false"],
+            "--config_file", options)

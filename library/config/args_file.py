@@ -35,6 +35,27 @@ def _destinations(parser):
     return {a.dest: a for a in parser._actions if a.dest != "help"}
 
 
+def _check_value(path, key, action, value):
+    """argparse would reject a bad default with a usage dump that does not name the file; say where it is."""
+    where = f"--config_file {path}: `{key}` = {value!r}"
+    if action.nargs == 0:  # store_true / store_false flags
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false")
+        return
+    for item in value if isinstance(value, list) else [value]:
+        if action.type in (int, float) and not isinstance(item, str):
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or (action.type is int
+                                                                                 and not isinstance(item, int)):
+                raise UserError(f"{where}: expected {'an integer' if action.type is int else 'a number'}")
+        elif action.type is not None and isinstance(item, str):
+            try:
+                item = action.type(item)
+            except (TypeError, ValueError) as e:
+                raise UserError(f"{where}: not a valid value ({e})") from e
+        if action.choices is not None and item not in action.choices:
+            raise UserError(f"{where}: expected one of {', '.join(map(str, action.choices))}")
+
+
 def _to_default(action, value):
     """TOML values become defaults; argparse converts string defaults with `type`, other values stay typed.
     Lists for single-value options (e.g. resolution = [512, 768]) are joined the way the flag is written."""
@@ -65,6 +86,7 @@ def load_config_file(parser, argv):
             ignored.append(key)
             continue
         defaults[key] = _to_default(actions[key], value)
+        _check_value(path, key, actions[key], defaults[key])
     if ignored:
         log.warning("--config_file %s: ignoring %s (not options of this script)", path, ", ".join(ignored))
     parser.set_defaults(**defaults)
