@@ -109,3 +109,9 @@ def test_vae_that_is_not_a_vae(ckpt, tmp_path, capfd):
     save_lora(not_vae, {"lora_unet_x.lora_down.weight": np.zeros((2, 4), np.float32),
                         "lora_unet_x.lora_up.weight": np.zeros((4, 2), np.float32)})
     fail(ckpt, tmp_path, capfd, ["--vae", not_vae, "not a VAE"], "--vae", not_vae)
+
+
+def test_prompt_file_that_is_not_utf8(ckpt, tmp_path, capfd):
+    prompts = tmp_path / "latin.txt"
+    prompts.write_bytes("a caf\u00e9 on a table\n".encode("latin-1"))
+    fail(ckpt, tmp_path, capfd, [str(prompts), "not UTF-8"], prompt=("--from_file", str(prompts)))

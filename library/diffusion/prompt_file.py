@@ -82,6 +82,8 @@ def load_prompt_file(path):
                 entries = [line for line in entries if line and not line.startswith("#")]
     except OSError as e:
         raise UserError(f"cannot read prompt file {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise UserError(f"prompt file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from e
     except (toml.TomlDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"prompt file {path} is not valid {ext[1:].upper()}: {e}") from e
     if not isinstance(entries, list):
