@@ -88,6 +88,20 @@ class _GroupedOptimizer(nn.Cell):
         self.hyper_map = ops.HyperMap()
 
 
+_flatten_fp32 = ops.MultitypeFuncGraph("flatten_fp32")
+_assign_piece = ops.MultitypeFuncGraph("assign_piece")
+
+
+@_flatten_fp32.register("Tensor")
+def _flatten_tensor(tensor):
+    return ops.cast(tensor, ms.float32).reshape(-1)
+
+
+@_assign_piece.register("Tensor", "Tensor")
+def _assign_flat_piece(param, piece):
+    return ops.assign(param, ops.cast(piece.reshape(param.shape), param.dtype))
+
+
 class FusedAdamW(_GroupedOptimizer):
     """torch.optim.AdamW (no amsgrad) over all parameters as one flat vector: a fixed ~20 ops per step plus a
     reshape/assign per parameter, instead of ~15 ops per parameter. The train step hands in the flattened
@@ -102,7 +116,6 @@ class FusedAdamW(_GroupedOptimizer):
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
         self.sizes = tuple(int(np.prod(p.shape)) for p in self.parameters)
-        self.shapes = tuple(tuple(p.shape) for p in self.parameters)
         self.group_sizes = tuple(sum(self.sizes[a:b]) for a, b in self.group_bounds)
         total = sum(self.sizes)
         self.exp_avg = Parameter(Tensor(np.zeros(total, np.float32)), name="adamw.exp_avg", requires_grad=False)
@@ -111,7 +124,9 @@ class FusedAdamW(_GroupedOptimizer):
         self.state_step = Parameter(Tensor(0.0, ms.float32), name="adamw.step", requires_grad=False)
 
     def flatten(self, tensors):
-        return ops.concat([ops.cast(t, ms.float32).reshape(-1) for t in tensors])
+        # HyperMap, not a Python loop: an unrolled loop over ~150 tensors nests calls past the compiler's
+        # depth limit
+        return ops.concat(self.hyper_map(_flatten_fp32, tensors))
 
     def _learning_rates(self):
         if len(self.group_sizes) == 1:
@@ -135,8 +150,7 @@ class FusedAdamW(_GroupedOptimizer):
         ops.assign(self.exp_avg_sq, ops.where(finite, exp_avg_sq, self.exp_avg_sq))
         new_param = ops.where(finite, new_param, param)
         pieces = ops.split(new_param, self.sizes) if len(self.sizes) > 1 else (new_param,)
-        for target, piece, shape in zip(self.parameters, pieces, self.shapes):
-            ops.assign(target, ops.cast(piece.reshape(shape), target.dtype))
+        self.hyper_map(_assign_piece, self.parameters, pieces)
         return True
 
     def construct(self, gradients):
