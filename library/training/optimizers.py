@@ -7,6 +7,7 @@ interface: a Cell whose construct takes the gradient tuple, with one learning-ra
 `self.lrs` that the loop updates every step from the schedule.
 """
 import ast
+import itertools
 
 import numpy as np
 import mindspore as ms
@@ -111,27 +112,50 @@ class FusedAdamW(_GroupedOptimizer):
     flat = True
 
     def __init__(self, groups, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        # Each group's parameters ordered by size: each run of equal sizes splits back out of the flat vector
+        # with one Split (the CPU has no SplitV, and ops.split with sections is a slice per piece)
+        groups = [dict(g, params=sorted(g["params"], key=lambda p: int(np.prod(p.shape)))) for g in groups]
         super().__init__(groups)
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.eps = float(eps)
         self.weight_decay = float(weight_decay)
-        self.sizes = tuple(int(np.prod(p.shape)) for p in self.parameters)
-        self.group_sizes = tuple(sum(self.sizes[a:b]) for a, b in self.group_bounds)
-        total = sum(self.sizes)
+        sizes = [int(np.prod(p.shape)) for p in self.parameters]
+        runs, start = [], 0
+        for size, members in itertools.groupby(sizes):
+            count = len(list(members))
+            runs.append((start, size, count))
+            start += size * count
+        self.runs = tuple(runs)
+        self.element_group = None
+        if len(self.group_bounds) > 1:
+            self.element_group = Tensor(np.concatenate([np.full(sum(sizes[a:b]), g, np.int32)
+                                                        for g, (a, b) in enumerate(self.group_bounds)]))
+        total = sum(sizes)
         self.exp_avg = Parameter(Tensor(np.zeros(total, np.float32)), name="adamw.exp_avg", requires_grad=False)
         self.exp_avg_sq = Parameter(Tensor(np.zeros(total, np.float32)), name="adamw.exp_avg_sq",
                                     requires_grad=False)
         self.state_step = Parameter(Tensor(0.0, ms.float32), name="adamw.step", requires_grad=False)
 
     def flatten(self, tensors):
-        # HyperMap, not a Python loop: an unrolled loop over ~150 tensors nests calls past the compiler's
-        # depth limit
+        """Tensors in `self.parameters` order -> one fp32 vector. HyperMap, not a Python loop: an unrolled loop
+        over ~150 tensors nests calls past the compiler's depth limit."""
         return ops.concat(self.hyper_map(_flatten_fp32, tensors))
 
     def _learning_rates(self):
-        if len(self.group_sizes) == 1:
+        if self.element_group is None:
             return self.lrs[0]
-        return ops.concat([ops.broadcast_to(self.lrs[i].reshape(1), (n,)) for i, n in enumerate(self.group_sizes)])
+        return ops.gather(ops.stack(self.lrs), self.element_group, 0)
+
+    def _pieces(self, flat):
+        """The flat vector back into one piece per parameter (flat, in `self.parameters` order)."""
+        pieces = ()
+        for start, size, count in self.runs:
+            segment = flat[start:start + size * count]
+            if count == 1:
+                pieces = pieces + (segment,)
+            else:
+                pieces = pieces + ops.Split(0, count)(segment.reshape(count, size))
+        return pieces
 
     def apply_flat(self, grad, finite):
         """One AdamW update from the flat fp32 gradient; nothing changes (step counter included) unless
@@ -149,8 +173,7 @@ class FusedAdamW(_GroupedOptimizer):
         ops.assign(self.exp_avg, ops.where(finite, exp_avg, self.exp_avg))
         ops.assign(self.exp_avg_sq, ops.where(finite, exp_avg_sq, self.exp_avg_sq))
         new_param = ops.where(finite, new_param, param)
-        pieces = ops.split(new_param, self.sizes) if len(self.sizes) > 1 else (new_param,)
-        self.hyper_map(_assign_piece, self.parameters, pieces)
+        self.hyper_map(_assign_piece, self.parameters, self._pieces(new_param))
         return True
 
     def construct(self, gradients):
