@@ -49,7 +49,8 @@ def run_extras(threads, say=print, case_results=None, names=None, timeout_s=3600
             found[name] = {"status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         found[name]["wall_s"] = round(time.time() - started, 1)
         found[name]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        say(f"  {found[name]['status']} in {found[name]['wall_s']:.0f} s")
+        say(f"  {found[name]['status']} in {found[name]['wall_s']:.0f} s" +
+            (f": {found[name]['error']}" if found[name].get("error") else ""))
     return found
 
 
