@@ -10,11 +10,13 @@
 - quickstart: wall time of `bash examples/quickstart.sh` with OUT in a temporary folder.
 Trainer steps/s come from the per-step CSV log (--logging_dir): steps 1..N, so the first step (compile) is out.
 """
+import contextlib
 import csv
 import glob
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -86,7 +88,8 @@ def run_trainer(folder, extra_args, threads, timeout_s, msrun_workers=0):
                               env=dict(os.environ, GLOG_v="3", **thread_env(threads)))
     wall = time.perf_counter() - started
     if done.returncode != 0:
-        raise RuntimeError(f"trainer exited with {done.returncode}: {last_lines(log_path, 2)} (log {log_path})")
+        where = os.path.join(folder, "msrun_log") if msrun_workers else log_path
+        raise RuntimeError(f"trainer exited with {done.returncode}: {error_line(where)} (logs: {where})")
     return {**steps_per_second(logs), "wall_s": round(wall, 1)}
 
 
@@ -102,6 +105,28 @@ def steps_per_second(logging_dir):
     return {"steps_per_s": (last_step - first_step) / (last_time - first_time), "steps": last_step}
 
 
+@contextlib.contextmanager
+def kept_on_failure(prefix):
+    """A temporary folder, removed after success and kept (its logs) after a failure."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def error_line(path):
+    """The last line naming an error in a log file (or in the logs of a folder), else its last lines."""
+    files = sorted(glob.glob(os.path.join(path, "*.log"))) if os.path.isdir(path) else [path]
+    for name in files:
+        try:
+            with open(name, encoding="utf-8", errors="replace") as f:
+                lines = [line.strip() for line in f if re.search(r"\w+(Error|Exception)\b", line)]
+        except OSError:
+            continue
+        if lines:
+            return lines[-1][:300]
+    return last_lines(files[0], 2) if files else ""
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,7 +137,7 @@ def free_port():
 
 def latent_caching(threads, timeout_s):
     result = {}
-    with tempfile.TemporaryDirectory(prefix="bench_cache_") as folder:
+    with kept_on_failure("bench_cache_") as folder:
         toml = dataset_toml(folder, 2)
         for label, flags in (("uncached", []), ("cached", ["--cache_latents"])):
             run_dir = os.path.join(folder, label)
@@ -155,7 +180,7 @@ def _brief(result):
 
 
 def data_parallel(threads, timeout_s):
-    with tempfile.TemporaryDirectory(prefix="bench_dp_") as folder:
+    with kept_on_failure("bench_dp_") as folder:
         runs = {}
         for label, batch, workers in (("one_process_batch2", 2, 0), ("msrun_2_workers_batch1", 1, 2)):
             run_dir = os.path.join(folder, label)
