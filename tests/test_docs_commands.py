@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -242,12 +243,19 @@ def run_blocks(blocks, cwd):
         line = " && ".join(shlex.join([sys.executable, str(REPO / c[1])] + c[2:]) for c in block)
         log = open(cwd / f"block{i}.log", "w", encoding="utf-8")
         running.append((block, log, subprocess.Popen(["bash", "-c", line], cwd=cwd, env=env, stdout=log,
-                                                     stderr=subprocess.STDOUT)))
-    for block, log, process in running:
-        process.wait()
-        log.close()
-        output = Path(log.name).read_text(encoding="utf-8")
-        assert process.returncode == 0, f"{[shlex.join(c) for c in block]} failed:\n{output[-4000:]}"
+                                                     stderr=subprocess.STDOUT, start_new_session=True)))
+    try:
+        for block, log, process in running:
+            process.wait()
+            log.close()
+            output = Path(log.name).read_text(encoding="utf-8")
+            assert process.returncode == 0, f"{[shlex.join(c) for c in block]} failed:\n{output[-4000:]}"
+    finally:  # an interrupted test run leaves no trainer behind (the shell and its children: one group each)
+        for _, log, process in running:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            log.close()
 
 
 def test_readme_tour_runs_end_to_end(tmp_path):
