@@ -37,7 +37,9 @@ def setup(tmp_path_factory):
     assert all(k.startswith("lora_te_") for k in tensors)
     path = str(root / "te_style.safetensors")
     save_lora(path, tensors)
-    return dict(spec=spec, ref_encoder=ref_encoder, state=state, path=path)
+    found = dict(spec=spec, ref_encoder=ref_encoder, state=state, path=path)
+    found["reference"] = _reference(found, 0.8)  # the same for both tests: computed once
+    return found
 
 
 def _reference(setup, multiplier):
@@ -57,7 +59,7 @@ def _reference(setup, multiplier):
 
 @pytest.mark.parametrize("merge", [False, True])
 def test_text_encoder_lora_matches_diffusers(setup, merge):
-    plain, expected = _reference(setup, 0.8)
+    plain, expected = setup["reference"]
     bundle = build_bundle(setup["spec"])
     load_state_dict(bundle.text_encoders[0], setup["state"])
     ours_plain, _ = encode_texts(bundle, [PROMPT], num_chunks=1)

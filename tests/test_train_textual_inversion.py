@@ -1,5 +1,10 @@
 """Textual inversion: parity of the train step with a torch/diffusers reference, only new rows learn,
-loss goes down, files load in diffusers, resume and --weights round trips."""
+loss goes down, files load in diffusers, resume and --weights round trips.
+
+Building a model and compiling its train step dominate the cost, so one trainer per model (module scope)
+serves every test; each test first restores the trainer's saved starting state (rows, optimizer state)."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -7,11 +12,12 @@ import mindspore as ms
 from mindspore import Tensor
 
 from library.models.bundle import build_bundle
-from library.models.weights import state_dict
+from library.models.weights import assign_array, state_dict
 from library.text.token_strings import add_token_string, caption_transform
 from library.text.chunking import make_tokenize_fn
 from library.training import session
-from library.training.optimizers import build_optimizer
+from library.training.optimizers import build_optimizer, optimizer_state_params, set_learning_rates
+from library.training.state import load_state, save_state
 from library.training.step import StepRunner
 from library.training.textual_inversion import TextualInversion
 import train_textual_inversion as cli
@@ -31,6 +37,32 @@ def make_method(spec_name, *extra):
     bundle = build_bundle(spec_name)
     ids = add_token_string(bundle.tokenizers, "mytoy", 2)
     return args, bundle, TextualInversion(args, bundle, ids)
+
+
+@pytest.fixture(scope="module")
+def trainers(tmp_path_factory):
+    """trainers(spec_name): the module's one model + TI method + AdamW step (compiled on first use) for that
+    spec. `reset(lr)` restores the starting rows and optimizer state from a saved state folder."""
+    built = {}
+
+    def get(spec_name):
+        if spec_name not in built:
+            args, bundle, method = make_method(spec_name)
+            # weight_decay 0: decay would pull the rows and blur the small loss drop the tests look for
+            optimizer = build_optimizer("AdamW", method.param_groups(5e-2), 5e-2, {"weight_decay": 0.0})
+            runner = StepRunner(method.objective, optimizer, 1.0, 1)
+            start = str(tmp_path_factory.mktemp(spec_name) / "start-state")
+            save_state(start, method.trainable, optimizer_state_params(optimizer), {"current_step": 0})
+
+            def reset(lr, method=method, optimizer=optimizer, start=start):
+                load_state(start, method.trainable, optimizer_state_params(optimizer))
+                set_learning_rates(optimizer, [lr] * len(optimizer.lrs))
+
+            built[spec_name] = SimpleNamespace(args=args, bundle=bundle, method=method, optimizer=optimizer,
+                                               runner=runner, reset=reset)
+        return built[spec_name]
+
+    return get
 
 
 def fixed_batch(bundle, seed=0, batch=2):
@@ -74,8 +106,10 @@ def _torch_sd1_loss_and_row_grad(bundle, new_rows, latents, noise, timesteps, id
     return loss.item(), embedding.weight.grad[base.shape[0]:].numpy()
 
 
-def test_train_step_matches_torch_reference_sd1():
-    args, bundle, method = make_method("tiny-sd15")
+def test_train_step_matches_torch_reference_sd1(trainers):
+    trainer = trainers("tiny-sd15")
+    trainer.reset(5e-2)
+    bundle, method = trainer.bundle, trainer.method
     batch, latents, noise, timesteps = fixed_batch(bundle)
     inputs = method.step_inputs(batch, latents, noise, timesteps)
     params = list(method.trainable.values())
@@ -90,8 +124,10 @@ def test_train_step_matches_torch_reference_sd1():
 
 
 @pytest.mark.parametrize("spec_name", ["tiny-sd15", "tiny-sdxl"])
-def test_loss_goes_down_and_only_new_rows_change(spec_name):
-    args, bundle, method = make_method(spec_name)
+def test_loss_goes_down_and_only_new_rows_change(trainers, spec_name):
+    trainer = trainers(spec_name)
+    trainer.reset(5e-2)
+    bundle, method, runner = trainer.bundle, trainer.method, trainer.runner
     trained = {id(p) for p in method.trainable.values()}  # ids: wrapping cells re-prefix parameter names
     frozen_before = {}
     for cell in [bundle.unet, bundle.vae] + bundle.text_encoders:
@@ -99,8 +135,6 @@ def test_loss_goes_down_and_only_new_rows_change(spec_name):
     rows_before = [e.new_token_rows() for e in bundle.text_encoders]
     batch, latents, noise, timesteps = fixed_batch(bundle)
     inputs = method.step_inputs(batch, latents, noise, timesteps)
-    optimizer = build_optimizer("AdamW", method.param_groups(5e-2), 5e-2, {"weight_decay": 0.0})
-    runner = StepRunner(method.objective, optimizer, 1.0, 1)
     losses = [runner.run(0, inputs)[0] for _ in range(25)]
     # a random tiny UNet reacts weakly to the text: the drop is small but must be steady
     assert losses[-1] < losses[0] * 0.998, losses
@@ -124,14 +158,16 @@ class _DiffusersTextualInversionLoader:
         return loader
 
 
-def test_saved_embedding_loads_in_diffusers(tmp_path):
+def test_saved_embedding_loads_in_diffusers(trainers, tmp_path):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
     from transformers import CLIPTextConfig, CLIPTextModel
     from library.text.tokenizer import load_clip_tokenizer
     from safetensors.torch import load_file
 
     for spec_name, ext in (("tiny-sd15", ".safetensors"), ("tiny-sdxl", ".safetensors"), ("tiny-sd15", ".pt")):
-        args, bundle, method = make_method(spec_name, "--save_model_as", ext[1:])
+        trainer = trainers(spec_name)
+        trainer.reset(5e-2)
+        bundle, method = trainer.bundle, trainer.method
         path = str(tmp_path / f"mytoy-{spec_name}{ext}")
         method.save(path, step=5, epoch=1)
         ours = [e.new_token_rows() for e in bundle.text_encoders]
@@ -150,40 +186,41 @@ def test_saved_embedding_loads_in_diffusers(tmp_path):
             np.testing.assert_allclose(loaded, ours[i], rtol=0, atol=0)
 
 
-def test_resume_continues_like_an_uninterrupted_run(tmp_path):
-    from library.training.state import save_state, load_state
-    from library.training.optimizers import optimizer_state_params
+def test_resume_continues_like_an_uninterrupted_run(trainers, tmp_path):
+    """4 straight steps == 2 steps, save, (state thrown back to the start), load, 2 steps. The loaded state
+    must bring back rows, moments, step count and lr: whatever it missed would keep the start's values."""
+    trainer = trainers("tiny-sd15")
+    method, runner, optimizer = trainer.method, trainer.runner, trainer.optimizer
 
-    def run(steps, method, runner, inputs_list):
+    def run(steps):
         return [runner.run(0, inputs_list[k])[0] for k in steps]
 
-    args, bundle, method = make_method("tiny-sd15")
     inputs_list = []
     for k in range(4):
-        batch, latents, noise, timesteps = fixed_batch(bundle, seed=k)
+        batch, latents, noise, timesteps = fixed_batch(trainer.bundle, seed=k)
         inputs_list.append(method.step_inputs(batch, latents, noise, timesteps))
-    opt = build_optimizer("AdamW", method.param_groups(1e-2), 1e-2)
-    runner = StepRunner(method.objective, opt, 1.0, 1)
-    straight = run(range(4), method, runner, inputs_list)
+    trainer.reset(1e-2)
+    straight = run(range(4))
 
-    args, bundle, method = make_method("tiny-sd15")
-    opt = build_optimizer("AdamW", method.param_groups(1e-2), 1e-2)
-    runner = StepRunner(method.objective, opt, 1.0, 1)
-    first = run(range(2), method, runner, inputs_list)
-    save_state(str(tmp_path / "state"), method.trainable, optimizer_state_params(opt), {"current_step": 2})
+    trainer.reset(1e-2)
+    first = run(range(2))
+    save_state(str(tmp_path / "state"), method.trainable, optimizer_state_params(optimizer), {"current_step": 2})
 
-    args, bundle, method = make_method("tiny-sd15")
-    opt = build_optimizer("AdamW", method.param_groups(1e-2), 1e-2)
-    runner = StepRunner(method.objective, opt, 1.0, 1)
-    assert load_state(str(tmp_path / "state"), method.trainable, optimizer_state_params(opt))["current_step"] == 2
-    second = run(range(2, 4), method, runner, inputs_list)
+    trainer.reset(5e-2)  # back to step 0 with another lr: the load has to restore all of it
+    assert load_state(str(tmp_path / "state"), method.trainable, optimizer_state_params(optimizer))[
+        "current_step"] == 2
+    second = run(range(2, 4))
     np.testing.assert_allclose(first + second, straight, rtol=1e-6)
 
 
-def test_weights_round_trip(tmp_path):
-    args, bundle, method = make_method("tiny-sd15")
+def test_weights_round_trip(trainers, tmp_path):
+    trainer = trainers("tiny-sd15")
+    trainer.reset(5e-2)
+    bundle, method = trainer.bundle, trainer.method
     rows = bundle.text_encoders[0].new_token_rows() + 0.5
-    bundle.text_encoders[0].set_new_token_rows(rows)
+    # assign, not set_new_token_rows (set_data): the shared trainer's compiled graphs must see the values
+    assign_array(method.trainable["text_encoder_0.new_rows"], rows)
+    np.testing.assert_array_equal(bundle.text_encoders[0].new_token_rows(), rows)
     path = str(tmp_path / "start.safetensors")
     method.save(path, step=1, epoch=1)
     _, bundle2, method2 = make_method("tiny-sd15", "--weights", path)

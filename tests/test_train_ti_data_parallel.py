@@ -31,15 +31,27 @@ def test_two_workers_equal_one_process_with_the_same_global_batch(tmp_path):
               "--num_vectors_per_token", "2", "--learning_rate", "5e-3", "--max_train_steps", "3",
               "--cache_latents", "--seed", "5"]
     script = os.path.join(ROOT, "train_textual_inversion.py")
-    single = subprocess.run([sys.executable, script, *common, "--dataset_config", _toml(tmp_path, "one.toml", 2),
-                             "--output_dir", str(tmp_path / "single")], cwd=ROOT, capture_output=True, text=True)
-    assert single.returncode == 0, single.stderr[-2000:]
-    msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
-    parallel = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={_free_port()}",
-                               f"--log_dir={tmp_path / 'msrun_log'}", "--join=True", script, *common,
-                               "--dataset_config", _toml(tmp_path, "dp.toml", 1),
-                               "--output_dir", str(tmp_path / "parallel")],
-                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+    # Both runs at once: graph compilation is single-threaded, so three compiling processes on two cores take
+    # about 1.5 compile times instead of 2 (one after the other). Its output goes to a file: a full pipe would
+    # stall it.
+    single_log = tmp_path / "single.log"
+    with open(single_log, "w", encoding="utf-8") as log_file:
+        single = subprocess.Popen([sys.executable, script, *common, "--dataset_config",
+                                   _toml(tmp_path, "one.toml", 2), "--output_dir", str(tmp_path / "single")],
+                                  cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+        msrun = os.path.join(os.path.dirname(sys.executable), "msrun")
+        try:
+            parallel = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2",
+                                       f"--master_port={_free_port()}", f"--log_dir={tmp_path / 'msrun_log'}",
+                                       "--join=True", script, *common, "--dataset_config",
+                                       _toml(tmp_path, "dp.toml", 1), "--output_dir", str(tmp_path / "parallel")],
+                                      cwd=ROOT, capture_output=True, text=True, timeout=900)
+            single.wait(timeout=900)
+        finally:
+            if single.poll() is None:
+                single.kill()
+                single.wait()
+    assert single.returncode == 0, single_log.read_text()[-2000:]
     log = (tmp_path / "msrun_log" / "worker_0.log")
     assert parallel.returncode == 0, (parallel.stdout[-2000:], log.read_text()[-2000:] if log.exists() else "")
     ours = load_file(str(tmp_path / "parallel" / "mytoy.safetensors"))["emb_params"]

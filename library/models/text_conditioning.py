@@ -178,11 +178,13 @@ def _as_ids_tensor(ids, which):
     return Tensor(ids.astype(np.int32))
 
 
-def encode_prompts(bundle_or_encoders, ids_per_encoder, family=None, clip_skip=None):
+def encode_prompts(bundle_or_encoders, ids_per_encoder, family=None, clip_skip=None, run=None):
     """Context (and SDXL pooled) for token ids, outside a training graph (sampling, caching).
 
     bundle_or_encoders: a ModelBundle (family from its spec) or a list of text encoders (family required).
     ids_per_encoder: one (B, 77k) integer array per encoder (numpy or Tensor).
+    run: optional `run(cell, *inputs)` that calls the compiled conditioner (sampling passes its fast
+    caller); default `cell(*inputs)`.
     Returns (context Tensor (B, 75k+2, ctx), pooled Tensor (B, P) for sdxl else None).
     """
     if hasattr(bundle_or_encoders, "text_encoders"):
@@ -202,7 +204,7 @@ def encode_prompts(bundle_or_encoders, ids_per_encoder, family=None, clip_skip=N
         raise UserError(f"encode_prompts: the two tokenizers' ids differ in shape: {list(ids[0].shape)} vs "
                         f"{list(ids[1].shape)}")
     conditioner = cached_conditioner(encoders, family, clip_skip)
-    return conditioner(*ids)
+    return conditioner(*ids) if run is None else run(conditioner, *ids)
 
 
 def size_embedding_inputs(original_hw, crop_tl, target_hw):

@@ -1,35 +1,31 @@
-"""The UNet call of one sampling step, with classifier-free guidance.
+"""The model call of one sampling step, as the numpy function the samplers take.
 
-The UNet Cell (compiled in GRAPH_MODE on its first call, reused for every step and batch of the same
-shape) runs once per step on the concatenated [uncond, cond] batch; the two halves are combined as
-uncond + scale * (cond - uncond) on the host, which costs nothing next to the UNet and keeps the scale out
-of the graph (one compiled graph serves every scale).
+The step Cell (compiled.GuidedUNetStep: UNet on the [uncond; cond] batch and the guidance combination, one
+GRAPH_MODE graph reused for every step and batch of the same shape) runs once per step. The conditioning
+stays on the device as Tensors for the whole batch; per step only the latents go in and the guided output
+comes back.
 """
 import mindspore as ms
 import numpy as np
 
+from .compiled import run_graph
 
-def make_model_fn(unet, context, scale, text_embeds=None, time_ids=None):
+
+def make_model_fn(step, context, scale, text_embeds=None, time_ids=None):
     """`model(x_in, t) -> guided raw output` in numpy for the samplers.
 
-    context: (2B, S, D) [uncond; cond] when scale > 1 (guidance on, as diffusers), else (B, S, D) cond only;
-    text_embeds / time_ids (SDXL) in the same layout.
+    step: a GuidedUNetStep (guided when scale > 1, as diffusers). context: (2B, S, D) [uncond; cond] when
+    guided, else (B, S, D) cond only; text_embeds / time_ids (SDXL) in the same layout.
     """
-    guided = scale > 1.0
-    context_t = ms.Tensor(np.ascontiguousarray(context, dtype=np.float32))
-    extra = ()
+    fixed = [ms.Tensor(np.ascontiguousarray(context, dtype=np.float32)),
+             ms.Tensor(np.float32(scale))]
     if text_embeds is not None:
-        extra = (ms.Tensor(np.ascontiguousarray(text_embeds, np.float32)),
-                 ms.Tensor(np.ascontiguousarray(time_ids, np.float32)))
+        fixed += [ms.Tensor(np.ascontiguousarray(text_embeds, np.float32)),
+                  ms.Tensor(np.ascontiguousarray(time_ids, np.float32))]
 
     def model(x_in, t):
-        x_in = np.asarray(x_in, dtype=np.float32)
-        batch = np.concatenate([x_in, x_in]) if guided else x_in
+        x_t = ms.Tensor(np.ascontiguousarray(x_in, dtype=np.float32))
         t_t = ms.Tensor(np.array([t], dtype=np.float32))
-        out = unet(ms.Tensor(np.ascontiguousarray(batch)), t_t, context_t, *extra).asnumpy()
-        if not guided:
-            return out
-        uncond, cond = out[: len(x_in)], out[len(x_in):]
-        return uncond + np.float32(scale) * (cond - uncond)
+        return run_graph(step, x_t, t_t, *fixed).asnumpy()
 
     return model

@@ -13,10 +13,12 @@ import numpy as np
 from ..diffusion import samplers
 from ..diffusion.schedule import make_schedule
 from ..errors import UserError
+from ..models.bundle import graph_structure_key
 from ..models.text_conditioning import size_embedding_inputs
 from ..models.vae import VAEDecode
+from .compiled import GuidedUNetStep, run_graph
 from .denoiser import make_model_fn
-from .text_encoding import DEFAULT_MAX_CHUNKS, count_chunks, encode_negatives, encode_texts
+from .text_encoding import DEFAULT_MAX_CHUNKS, count_chunks, encode_prompt_pairs, encode_texts
 
 LATENT_FACTOR = 8
 
@@ -42,22 +44,39 @@ class SamplingOptions:
 
 
 class Pipeline:
-    """Holds the bundle and its compiled Cells (UNet step, VAE decode) across batches."""
+    """Holds the bundle and its compiled Cells (guided UNet step, VAE decode) across batches.
+
+    Each compiled Cell is keyed on its model's graph_structure_key: a LoRA applied or removed between
+    batches gives a new key and a freshly compiled graph, never a stale one.
+    """
 
     def __init__(self, bundle):
         self.bundle = bundle
-        self._vae_decode = None
+        self._compiled = {}  # role -> (structure key, Cell)
 
     @property
     def v_prediction(self):
         return self.bundle.spec.prediction_type == "v_prediction"
 
+    def _cell(self, role, model, build):
+        key = graph_structure_key(model)
+        entry = self._compiled.get(role)
+        if entry is None or entry[0] != key:
+            entry = (key, build())  # the previous Cell (and its graph) is dropped
+            self._compiled[role] = entry
+        return entry[1]
+
+    def unet_step(self, guided):
+        """The compiled GuidedUNetStep for the UNet as it is now."""
+        unet = self.bundle.unet
+        return self._cell(("unet", guided), unet, lambda: GuidedUNetStep(unet, guided))
+
     def decode(self, latents):
         """Latents (B,4,h,w) -> float images (B,H,W,3) in [0, 1]."""
-        if self._vae_decode is None:
-            self._vae_decode = VAEDecode(self.bundle.vae)
+        vae = self.bundle.vae
+        decoder = self._cell("vae_decode", vae, lambda: VAEDecode(vae))
         z = ms.Tensor(np.ascontiguousarray(latents / self.bundle.spec.vae_scaling_factor, dtype=np.float32))
-        pixels = self._vae_decode(z).asnumpy()
+        pixels = run_graph(decoder, z).asnumpy()
         return np.clip(pixels / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
 
     def conditioning(self, prompts, negative_prompts, options: SamplingOptions):
@@ -65,23 +84,19 @@ class Pipeline:
         guided = options.scale > 1.0
         chunks = count_chunks(self.bundle, list(prompts) + (list(negative_prompts) if guided else []),
                               options.max_chunks)
-        context, pooled = encode_texts(self.bundle, prompts, chunks, options.clip_skip)
+        if guided:  # negatives and prompts in one text-encoder call
+            context, pooled = encode_prompt_pairs(self.bundle, negative_prompts, prompts, chunks, options.clip_skip)
+        else:
+            context, pooled = encode_texts(self.bundle, prompts, chunks, options.clip_skip)
         time_ids = None
         if self.bundle.spec.family == "sdxl":
             target = (options.height, options.width)
             original = tuple(options.original_size or target)
-            time_ids = size_embedding_inputs(original, options.crop_top_left, target)
-            time_ids = np.repeat(time_ids, len(prompts), axis=0)
-        if not guided:
-            return context, pooled, time_ids
-        neg_context, neg_pooled = encode_negatives(self.bundle, negative_prompts, chunks, options.clip_skip)
-        context = np.concatenate([neg_context, context])
-        if pooled is not None:
-            pooled = np.concatenate([neg_pooled, pooled])
-            original_neg = tuple(options.original_size_negative or options.original_size or
-                                 (options.height, options.width))
-            neg_ids = size_embedding_inputs(original_neg, options.crop_top_left, (options.height, options.width))
-            time_ids = np.concatenate([np.repeat(neg_ids, len(prompts), axis=0), time_ids])
+            time_ids = np.repeat(size_embedding_inputs(original, options.crop_top_left, target), len(prompts), axis=0)
+            if guided:
+                original_neg = tuple(options.original_size_negative or original)
+                neg_ids = size_embedding_inputs(original_neg, options.crop_top_left, target)
+                time_ids = np.concatenate([np.repeat(neg_ids, len(prompts), axis=0), time_ids])
         return context, pooled, time_ids
 
     def latents(self, prompts, negative_prompts, seeds, options: SamplingOptions, initial_latents=None):
@@ -92,7 +107,8 @@ class Pipeline:
         if width % LATENT_FACTOR or height % LATENT_FACTOR:
             raise UserError(f"image size {width}x{height}: width and height must be multiples of 8")
         context, pooled, time_ids = self.conditioning(prompts, negative_prompts, options)
-        model = make_model_fn(self.bundle.unet, context, options.scale, pooled, time_ids)
+        guided = options.scale > 1.0
+        model = make_model_fn(self.unet_step(guided), context, options.scale, pooled, time_ids)
         noise = samplers.PerImageNoise(seeds)
         shape = (len(prompts), self.bundle.spec.unet.get("in_channels", 4),
                  height // LATENT_FACTOR, width // LATENT_FACTOR)

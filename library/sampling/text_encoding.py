@@ -10,6 +10,7 @@ import numpy as np
 
 from ..models.text_conditioning import CHUNK_LENGTH, CONTENT_PER_CHUNK, encode_prompts
 from ..text.chunking import chunks_needed, tokenize_weighted
+from .compiled import run_graph
 
 DEFAULT_MAX_CHUNKS = 3
 
@@ -48,7 +49,7 @@ def encode_texts(bundle, texts, num_chunks, clip_skip=None):
         tokenizer_ids, tokenizer_weights = tokenize_weighted(tokenizer, texts, num_chunks)
         ids.append(tokenizer_ids)
         weights = tokenizer_weights if weights is None else weights  # same BPE: the first one's weights
-    context, pooled = encode_prompts(bundle, ids, clip_skip=clip_skip)
+    context, pooled = encode_prompts(bundle, ids, clip_skip=clip_skip, run=run_graph)
     context = apply_weights(context.asnumpy().astype(np.float32), join_chunk_weights(weights, num_chunks))
     pooled = None if pooled is None else pooled.asnumpy().astype(np.float32)
     return context, pooled
@@ -58,6 +59,26 @@ def encode_negatives(bundle, texts, num_chunks, clip_skip=None):
     """Negative prompts; for SDXL an empty negative prompt is all zeros (context and pooled), as diffusers
     (force_zeros_for_empty_prompt) and A1111 do."""
     context, pooled = encode_texts(bundle, texts, num_chunks, clip_skip)
+    return _zero_empty_negatives(bundle, texts, context, pooled)
+
+
+def encode_prompt_pairs(bundle, negatives, prompts, num_chunks, clip_skip=None):
+    """[negatives; prompts] in one text-encoder call (the [uncond; cond] layout of guided sampling).
+
+    Same result as encode_negatives then encode_texts, row for row; one compiled call instead of two.
+    """
+    negatives, prompts = list(negatives), list(prompts)
+    context, pooled = encode_texts(bundle, negatives + prompts, num_chunks, clip_skip)
+    count = len(negatives)
+    neg_context, neg_pooled = _zero_empty_negatives(bundle, negatives, context[:count],
+                                                    None if pooled is None else pooled[:count])
+    context = np.concatenate([neg_context, context[count:]])
+    if pooled is not None:
+        pooled = np.concatenate([neg_pooled, pooled[count:]])
+    return context, pooled
+
+
+def _zero_empty_negatives(bundle, texts, context, pooled):
     if bundle.spec.family == "sdxl":
         empty = np.array([not t for t in texts])
         context[empty] = 0.0
