@@ -1,6 +1,7 @@
 """gen_img.py: kohya's image generator options -> PNG files (see kohya_sd_scripts.md section 7)."""
 import argparse
 import os
+import sys
 
 from tqdm import tqdm
 
@@ -57,6 +58,11 @@ def build_parser():
     s.add_argument("--crop_top", type=int, default=0)
     s.add_argument("--crop_left", type=int, default=0)
 
+    s.add_argument("--fp16", action="store_true", help="UNet and text encoders compute in fp16 (Ascend/GPU)")
+    s.add_argument("--bf16", action="store_true", help="UNet and text encoders compute in bf16 (Ascend/GPU)")
+    s.add_argument("--no_half_vae", action="store_true",
+                   help="accepted for kohya compatibility: the VAE always decodes in fp32")
+
     n = p.add_argument_group("embeddings and networks")
     n.add_argument("--textual_inversion_embeddings", nargs="*", default=[],
                    help="embedding files; the trigger word is the file name without extension")
@@ -83,6 +89,8 @@ def _check_args(args):
         raise UserError("--max_embeddings_multiples: at most 3 (225 tokens)")
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.fp16 and args.bf16:
+        raise UserError("--fp16 and --bf16: give one of them")
     resolve_sampler(args.sampler)
     _check_outdir(args.outdir)
     if args.network_weights and args.network_module and len(args.network_module) not in (1, len(args.network_weights)):
@@ -139,6 +147,22 @@ def base_options(args, spec):
                            zero_terminal_snr=args.zero_terminal_snr)
 
 
+def _apply_precision(args, bundle):
+    """--fp16/--bf16: the UNet and text encoders compute in low precision (norms, softmax, guidance in fp32), as
+    kohya's gen_img; the VAE stays fp32 (fp16 VAEs give NaN/black images, kohya's --no_half_vae issue)."""
+    from .. import device
+    from ..models.precision import apply_mixed_precision
+
+    dtype = "fp16" if args.fp16 else "bf16" if args.bf16 else None
+    if dtype is None:
+        return
+    if device.is_cpu():
+        print(f"warning: --{dtype}: the CPU has no fast fp16/bf16 kernels; generating in fp32", file=sys.stderr)
+        return
+    for model in [bundle.unet] + list(bundle.text_encoders):
+        apply_mixed_precision(model, dtype)
+
+
 def _hashes(args, embeddings):
     model_hash = file_sha256(args.ckpt, 10) if os.path.isfile(args.ckpt) else None
     lora_hashes = {os.path.splitext(os.path.basename(w))[0]: file_sha256(w, 12) for w in args.network_weights}
@@ -173,6 +197,7 @@ def main(argv=None):
     embeddings = load_embeddings(bundle, args.textual_inversion_embeddings, allow_pickle=args.allow_unsafe_pickle)
     networks = load_networks(bundle, args.network_weights, args.network_module, args.network_mul,
                              args.network_merge, args.network_args, allow_pickle=args.allow_unsafe_pickle)
+    _apply_precision(args, bundle)  # after the LoRAs, so their adapters compute in the same dtype
     requests = build_requests(lines, base_options(args, bundle.spec), args.images_per_prompt, args.n_iter,
                               args.seed, args.iter_same_seed)
     _check_requests(requests, bundle.spec)

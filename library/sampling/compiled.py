@@ -64,7 +64,8 @@ class GuidedUNetStep(nn.Cell):
 
     def construct(self, x, t, context, scale, text_embeds=None, time_ids=None):
         if not self.guided:
-            return self.unet(x, t, context, text_embeds, time_ids)
-        out = self.unet(ops.concat((x, x), axis=0), t, context, text_embeds, time_ids)
+            return ops.cast(self.unet(x, t, context, text_embeds, time_ids), ms.float32)
+        # a fp16/bf16 UNet (--fp16/--bf16): guidance and the samplers work in fp32
+        out = ops.cast(self.unet(ops.concat((x, x), axis=0), t, context, text_embeds, time_ids), ms.float32)
         uncond, cond = ops.split(out, x.shape[0], axis=0)
         return uncond + scale * (cond - uncond)

@@ -197,6 +197,8 @@ class TrainingLoop:
         latent_rng = getattr(self.latent_source, "rng_state", None)
         if latent_rng is not None:
             counters["latent_rng"] = latent_rng()
+        if self.method.loss_scale is not None:  # fp16: the dynamic loss scale resumes where it was
+            counters["loss_scale"] = self.method.loss_scale.state()
         save_state(path, self.method.trainable, self.optimizer_state, counters)
         self.last_state = path
         return path
@@ -206,6 +208,8 @@ class TrainingLoop:
         self.noise_rng.bit_generator.state = counters["noise_rng"]
         if counters.get("latent_rng") is not None and hasattr(self.latent_source, "set_rng_state"):
             self.latent_source.set_rng_state(counters["latent_rng"])
+        if counters.get("loss_scale") is not None and self.method.loss_scale is not None:
+            self.method.loss_scale.load(counters["loss_scale"])
         return int(counters["current_step"]), int(counters["current_epoch"]), int(counters["next_batch"])
 
     def _sample(self, step, epoch):

@@ -5,12 +5,13 @@ A method (textual inversion, LoRA) adds the trainable parameters, their groups a
 import os
 
 import numpy as np
-import mindspore as ms
-from mindspore import Tensor, Parameter
+from mindspore import Tensor
 
 from ..diffusion.schedule import make_schedule
 from ..diffusion.training import DiffusionTargets
+from ..models.precision import apply_mixed_precision
 from ..models.text_conditioning import TextConditioner
+from .loss_scale import DynamicLossScale
 from .objective import DiffusionObjective
 
 
@@ -25,8 +26,8 @@ class DiffusionMethod:
         self.sdxl = self.spec.family == "sdxl"
         self.v_prediction = self.spec.prediction_type == "v_prediction"
         if args.mixed_precision == "fp16":
-            # fp16 gradients of small values underflow; scale the loss (Ascend/GPU only: CPU stays fp32)
-            self.loss_scale = Parameter(Tensor(2.0 ** 16, ms.float32), name="loss_scale", requires_grad=False)
+            # fp16 gradients of small values underflow: dynamic loss scaling (Ascend/GPU only: the CPU stays fp32)
+            self.loss_scale = DynamicLossScale()
 
     def freeze_all(self):
         for cell in [self.bundle.unet, self.bundle.vae] + list(self.bundle.text_encoders):
@@ -41,6 +42,12 @@ class DiffusionMethod:
                                    v_prediction=self.v_prediction,
                                    min_snr_gamma=args.min_snr_gamma)
         self.objective = DiffusionObjective(self.bundle.unet, conditioner, targets, self.sdxl)
+        # kohya's weight_dtype: the frozen UNet and text encoders compute in fp16/bf16 (norms, softmax and the
+        # loss in fp32); parameters stay fp32 masters, so trained rows / LoRA weights update in fp32. The VAE
+        # only encodes latents outside the step and stays fp32 (kohya's --no_half_vae, always).
+        self.compute_dtype = apply_mixed_precision(self.bundle.unet, args.mixed_precision)
+        for encoder in self.bundle.text_encoders:
+            apply_mixed_precision(encoder, args.mixed_precision)
         if args.gradient_checkpointing:
             self.bundle.unet.enable_gradient_checkpointing()
             for encoder in self.bundle.text_encoders:

@@ -23,5 +23,6 @@ class DiffusionObjective(nn.Cell):
             prediction = self.unet(noisy, t, context, pooled, time_ids)
         else:
             prediction = self.unet(noisy, t, context)
+        prediction = ops.cast(prediction, ms.float32)  # a fp16/bf16 UNet's output; the loss is fp32
         target = self.targets.target(latents, noise, timesteps)
         return self.targets(prediction, target, timesteps, loss_weights)

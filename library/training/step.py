@@ -113,9 +113,15 @@ def make_grad_reducer(optimizer, world_size):
 
 
 class StepRunner:
-    """Picks the accumulate/apply/fused cell for each micro-batch and returns (loss, grad_norm, updated)."""
+    """Picks the accumulate/apply/fused cell for each micro-batch and returns (loss, grad_norm, updated).
+
+    loss_scale: None, or a loss_scale.DynamicLossScale (fp16): the compiled steps read its Parameter and it is
+    updated from the gradient norm after each optimizer step (halved on overflow, the update skipped).
+    """
 
     def __init__(self, loss_cell, optimizer, max_grad_norm, accumulation_steps, world_size=1, loss_scale=None):
+        self.loss_scaler = loss_scale
+        loss_scale = None if loss_scale is None else loss_scale.parameter
         reducer = make_grad_reducer(optimizer, world_size)
         self.accumulation_steps = max(1, int(accumulation_steps))
         if self.accumulation_steps == 1:
@@ -137,9 +143,12 @@ class StepRunner:
         """micro_index: 0..accumulation_steps-1 within the current optimizer step."""
         if self.accumulation_steps == 1:
             loss, norm = self.fused(*inputs)
-            return float(loss.asnumpy()), float(norm.asnumpy()), True
-        if micro_index < self.accumulation_steps - 1:
+        elif micro_index < self.accumulation_steps - 1:
             loss, _ = self.accumulate(*inputs)
             return float(loss.asnumpy()), None, False
-        loss, norm = self.apply(*inputs)
-        return float(loss.asnumpy()), float(norm.asnumpy()), True
+        else:
+            loss, norm = self.apply(*inputs)
+        norm = float(norm.asnumpy())
+        if self.loss_scaler is not None:
+            self.loss_scaler.update(norm)
+        return float(loss.asnumpy()), norm, True
