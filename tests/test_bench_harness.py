@@ -72,3 +72,27 @@ def test_the_issue_cases_are_registered_and_quick_leaves_out_the_full_size_ones(
     assert {"ti_step_tiny_sd1", "ti_step_tiny_sdxl", "lora_step_tiny_sd1", "gen_tiny_sd1_20steps"} <= quick
     assert not any(CASES[name].big for name in quick)
     assert not any(CASES[name].selftest for name in default_cases(quick=False))
+
+
+def test_profile_ranks_the_kernels_mindspore_ran(tmp_path, capsys):
+    import numpy as np
+    from mindspore import nn, Tensor
+
+    from bench import profile
+
+    cell = nn.Dense(16, 8)
+    cell.set_train(False)
+    x = Tensor(np.ones((4, 16), np.float32))
+
+    def step():
+        return float(cell(x).asnumpy().sum())
+
+    step()  # compile outside the profiled calls
+    wall = profile._profiled_calls(step, 3, str(tmp_path))
+    rows = profile._kernel_rows(str(tmp_path))
+    assert "MatMul" in rows, sorted(rows)
+    total_us, launches = rows["MatMul"]
+    assert launches == 3 and total_us > 0
+    profile._print_table(rows, 3, wall, top=5)
+    table = capsys.readouterr().out
+    assert "MatMul" in table and "launches per call" in table
