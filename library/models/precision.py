@@ -52,3 +52,13 @@ def apply_mixed_precision(cell, dtype):
         return ms.float32
     cast_compute(cell, dtype)
     return dtype
+
+
+def apply_mixed_precision_to_models(bundle, dtype):
+    """`dtype` compute for the UNet and every text encoder (the VAE stays fp32: fp16 VAEs decode NaN/black
+    images, kohya's --no_half_vae); returns the dtype actually used."""
+    used = apply_mixed_precision(bundle.unet, dtype)
+    for encoder in bundle.text_encoders:
+        apply_mixed_precision(encoder, dtype)
+    return used
+

@@ -151,16 +151,15 @@ def _apply_precision(args, bundle):
     """--fp16/--bf16: the UNet and text encoders compute in low precision (norms, softmax, guidance in fp32), as
     kohya's gen_img; the VAE stays fp32 (fp16 VAEs give NaN/black images, kohya's --no_half_vae issue)."""
     from .. import device
-    from ..models.precision import apply_mixed_precision
+    from ..models.precision import apply_mixed_precision_to_models
 
     dtype = "fp16" if args.fp16 else "bf16" if args.bf16 else None
     if dtype is None:
         return
-    if device.is_cpu():
+    if device.is_cpu():  # the CLI's own one-line message instead of the library's Python warning
         print(f"warning: --{dtype}: the CPU has no fast fp16/bf16 kernels; generating in fp32", file=sys.stderr)
         return
-    for model in [bundle.unet] + list(bundle.text_encoders):
-        apply_mixed_precision(model, dtype)
+    apply_mixed_precision_to_models(bundle, dtype)
 
 
 def _hashes(args, embeddings):

@@ -9,7 +9,7 @@ from mindspore import Tensor
 
 from ..diffusion.schedule import make_schedule
 from ..diffusion.training import DiffusionTargets
-from ..models.precision import apply_mixed_precision
+from ..models.precision import apply_mixed_precision_to_models
 from ..models.text_conditioning import TextConditioner
 from .loss_scale import DynamicLossScale
 from .objective import DiffusionObjective
@@ -44,10 +44,8 @@ class DiffusionMethod:
         self.objective = DiffusionObjective(self.bundle.unet, conditioner, targets, self.sdxl)
         # kohya's weight_dtype: the frozen UNet and text encoders compute in fp16/bf16 (norms, softmax and the
         # loss in fp32); parameters stay fp32 masters, so trained rows / LoRA weights update in fp32. The VAE
-        # only encodes latents outside the step and stays fp32 (kohya's --no_half_vae, always).
-        self.compute_dtype = apply_mixed_precision(self.bundle.unet, args.mixed_precision)
-        for encoder in self.bundle.text_encoders:
-            apply_mixed_precision(encoder, args.mixed_precision)
+        # only encodes latents outside the step and stays fp32.
+        self.compute_dtype = apply_mixed_precision_to_models(self.bundle, args.mixed_precision)
         if args.gradient_checkpointing:
             self.bundle.unet.enable_gradient_checkpointing()
             for encoder in self.bundle.text_encoders:

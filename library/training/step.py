@@ -121,17 +121,18 @@ class StepRunner:
 
     def __init__(self, loss_cell, optimizer, max_grad_norm, accumulation_steps, world_size=1, loss_scale=None):
         self.loss_scaler = loss_scale
-        loss_scale = None if loss_scale is None else loss_scale.parameter
+        scale_parameter = None if loss_scale is None else loss_scale.parameter
         reducer = make_grad_reducer(optimizer, world_size)
         self.accumulation_steps = max(1, int(accumulation_steps))
         if self.accumulation_steps == 1:
-            self.fused = TrainStep(loss_cell, optimizer, "fused", max_grad_norm, 1, None, reducer, loss_scale)
+            self.fused = TrainStep(loss_cell, optimizer, "fused", max_grad_norm, 1, None, reducer,
+                                   scale_parameter)
         else:
             buffers = make_accumulation_buffers(optimizer)
             self.accumulate = TrainStep(loss_cell, optimizer, "accumulate", max_grad_norm,
-                                        self.accumulation_steps, buffers, None, loss_scale)
+                                        self.accumulation_steps, buffers, None, scale_parameter)
             self.apply = TrainStep(loss_cell, optimizer, "apply", max_grad_norm, self.accumulation_steps,
-                                   buffers, reducer, loss_scale)
+                                   buffers, reducer, scale_parameter)
             self.buffers = buffers
         for cell in self.cells():
             cell.set_train(True)
