@@ -49,6 +49,11 @@ def add_network_arguments(parser):
     d.add_argument("--sample_batch_size", type=int, default=1, help="class images generated per batch")
 
 
+def build_parser():
+    return session.build_parser("Train a LoRA (kohya networks.lora format).", support_dropout=True,
+                                add_method_arguments=add_network_arguments, script="train_network")
+
+
 def check_network_options(args):
     from library.networks import NETWORK_MODULE_NAMES
 
@@ -71,9 +76,7 @@ def main(argv):
     from library.networks.training import LoRATraining
     from library.training.loop import total_steps
 
-    parser = session.build_parser("Train a LoRA (kohya networks.lora format).", support_dropout=True,
-                                  add_method_arguments=add_network_arguments)
-    args = session.parse_arguments(parser, argv)
+    args = session.parse_arguments(build_parser(), argv)
     check_network_options(args)
     session.check_output_dir(args, default_name="last")
     world = session.setup_device(args)

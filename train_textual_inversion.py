@@ -25,6 +25,12 @@ def add_textual_inversion_arguments(parser):
     g.add_argument("--save_model_as", type=str, default="safetensors", choices=["safetensors", "pt", "ckpt"])
 
 
+def build_parser():
+    return session.build_parser("Train a textual-inversion embedding.", support_dropout=False,
+                                add_method_arguments=add_textual_inversion_arguments,
+                                script="train_textual_inversion")
+
+
 def template_kind(args):
     kinds = [k for k, on in (("object", args.use_object_template), ("style", args.use_style_template)) if on]
     if args.learnable_property:
@@ -39,9 +45,7 @@ def main(argv):
     from library.text.token_strings import add_token_string, caption_transform, missing_token_warning
     from library.training.textual_inversion import TextualInversion
 
-    parser = session.build_parser("Train a textual-inversion embedding.", support_dropout=False,
-                                  add_method_arguments=add_textual_inversion_arguments)
-    args = session.parse_arguments(parser, argv)
+    args = session.parse_arguments(build_parser(), argv)
     if not args.token_string:
         raise UserError("--token_string is required (the new word to learn, e.g. --token_string mytoy)")
     if args.num_vectors_per_token < 1:

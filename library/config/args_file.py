@@ -1,6 +1,7 @@
 """`--config_file x.toml`: training arguments in a TOML. All tables are flattened (section names are only for
 the reader), the values become argparse defaults, so flags given explicitly on the command line win.
 `--output_config`: write the arguments that differ from the defaults to the `--config_file` path and exit."""
+import argparse
 import difflib
 import logging
 import os
@@ -10,6 +11,7 @@ import toml
 
 from ..errors import UserError
 from ..fileio import atomic_write
+from .kohya_options import CONFIG_VALUE_MEANS_DEFAULT, GUI_KEYS, all_kohya_option_names
 from .loader import load_config_dict
 
 log = logging.getLogger("sdms.config")
@@ -35,8 +37,23 @@ def _destinations(parser):
     return {a.dest: a for a in parser._actions if a.dest != "help"}
 
 
+def _config_keys(parser):
+    """TOML key -> action: every dest and every long option name (aliases such as `caption_extention`)."""
+    keys = {}
+    for action in parser._actions:
+        if action.dest in ("help", argparse.SUPPRESS):
+            continue
+        keys[action.dest] = action
+        for option in action.option_strings:
+            if option.startswith("--"):
+                keys.setdefault(option[2:], action)
+    return keys
+
+
 def _check_value(path, key, action, value):
     """argparse would reject a bad default with a usage dump that does not name the file; say where it is."""
+    if value is None:  # an unused value the GUI writes, meaning the default
+        return
     where = f"--config_file {path}: `{key}` = {value!r}"
     if action.nargs == 0:  # store_true / store_false flags
         if not isinstance(value, bool):
@@ -58,7 +75,17 @@ def _check_value(path, key, action, value):
 
 def _to_default(action, value):
     """TOML values become defaults; argparse converts string defaults with `type`, other values stay typed.
-    Lists for single-value options (e.g. resolution = [512, 768]) are joined the way the flag is written."""
+    Lists for single-value options (e.g. resolution = [512, 768]) are joined the way the flag is written.
+    kohya reads the TOML without argparse's checks, and GUI files rely on it: 1/0 for flags, 64.0 for an
+    integer, [] for an unused list, 75 for the default max_token_length."""
+    if action.nargs == 0 and isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+        return bool(value)
+    if action.type is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if value == [] and action.default is None:
+        return None
+    if value in CONFIG_VALUE_MEANS_DEFAULT.get(action.dest, ()):
+        return action.default
     if isinstance(value, list) and action.nargs in (None, "?"):
         return ",".join(str(v) for v in value)
     return value
@@ -75,20 +102,24 @@ def load_config_file(parser, argv):
         write_config_file(parser, args, path)
         sys.exit(0)
     values = flatten_sections(load_config_dict(path, "--config_file"))
-    actions = _destinations(parser)
-    defaults, ignored = {}, []
+    actions = _config_keys(parser)
+    defaults, skipped = {}, []
     for key, value in values.items():
         if key not in actions:
-            # a near miss is a typo; anything else is an option of another tool (kohya GUI files carry many)
-            close = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.8)
-            if close:
-                raise UserError(f"--config_file {path}: unknown argument `{key}`; did you mean `{close[0]}`?")
-            ignored.append(key)
+            # kohya_ss GUI bookkeeping and other kohya scripts' options are skipped; a near miss of an option
+            # of ours is a typo
+            if key not in GUI_KEYS and key not in all_kohya_option_names():
+                close = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.8)
+                if close:
+                    raise UserError(f"--config_file {path}: unknown argument `{key}`; did you mean `{close[0]}`?")
+            skipped.append(key)
             continue
-        defaults[key] = _to_default(actions[key], value)
-        _check_value(path, key, actions[key], defaults[key])
-    if ignored:
-        log.warning("--config_file %s: ignoring %s (not options of this script)", path, ", ".join(ignored))
+        action = actions[key]
+        defaults[action.dest] = _to_default(action, value)
+        _check_value(path, key, action, defaults[action.dest])
+    if skipped:
+        log.warning("--config_file %s: skipping %s (not options of this script: kohya_ss GUI settings or "
+                    "options of other kohya scripts)", path, ", ".join(skipped))
     parser.set_defaults(**defaults)
     return parser.parse_args(argv)
 

@@ -7,6 +7,8 @@ from tqdm import tqdm
 
 from ..diffusion.prompt_file import load_prompt_file
 from ..diffusion.samplers import SAMPLER_NAMES, resolve_sampler
+from ..config.console_log import add_logging_arguments, setup_logging
+from ..config.kohya_options import add_kohya_options, apply_kohya_options
 from ..errors import UserError
 from .checks import check_sample_settings
 from .embeddings import expand_prompt, load_embeddings
@@ -76,7 +78,16 @@ def build_parser():
     o.add_argument("--outdir", default="outputs")
     o.add_argument("--sequential_file_name", action="store_true", help="im_000001.png, im_000002.png, ...")
     o.add_argument("--verbose", action="store_true", help="tracebacks for errors")
-    return p
+    add_logging_arguments(p)
+    return add_kohya_options(p, "gen_img")
+
+
+def parse_arguments(argv=None):
+    """gen_img's options, kohya's ones it does not have ignored with a line or refused (before any loading)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args, default_level=None)
+    return apply_kohya_options(parser, args)
 
 
 def _check_args(args):
@@ -186,7 +197,7 @@ def _chunks(request, parameters):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     _check_args(args)
     from .. import device
 

@@ -22,8 +22,6 @@ def add_model_arguments(parser):
     g.add_argument("--vae", type=str, default=None, help="VAE to use instead of the checkpoint's")
     g.add_argument("--allow_unsafe_pickle", action="store_true",
                    help="allow reading pickled .ckpt/.pt/.bin files (they can run code; prefer .safetensors)")
-    g.add_argument("--tokenizer_cache_dir", type=str, default=None,
-                   help="accepted for kohya compatibility; the CLIP vocabulary is bundled")
 
 
 def add_training_arguments(parser):
@@ -55,7 +53,8 @@ def add_training_arguments(parser):
     g.add_argument("--min_snr_gamma", type=float, default=None)
     g.add_argument("--logging_dir", type=str, default=None, help="per-step CSV log and TensorBoard events")
     g.add_argument("--log_prefix", type=str, default=None)
-    g.add_argument("--log_with", type=str, default=None, choices=[None, "tensorboard"])
+    g.add_argument("--log_with", type=str, default=None, choices=[None, "tensorboard", "wandb", "all"],
+                   help="tensorboard (wandb and all: kohya's names, refused here)")
     g.add_argument("--mode", type=str, default="graph", choices=["graph", "pynative"],
                    help="MindSpore execution mode; pynative is a debugging aid (much slower)")
     g.add_argument("--device", type=str, default=None, choices=[None, "CPU", "GPU", "Ascend"],

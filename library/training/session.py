@@ -7,13 +7,17 @@ import signal
 from ..errors import UserError
 from ..config.cli_args import add_dataset_arguments, add_config_file_arguments, load_config_file
 from ..config.args_file import write_config_file
+from ..config.console_log import add_logging_arguments, setup_logging
+from ..config.kohya_options import add_kohya_options, apply_kohya_options
 from .args import (add_model_arguments, add_training_arguments, add_optimizer_arguments, add_sample_arguments,
                    normalise_warmup)
 
 log = logging.getLogger("sdms.training")
 
 
-def build_parser(description, support_dropout, add_method_arguments):
+def build_parser(description, support_dropout, add_method_arguments, script=None):
+    """`script` ("train_network" / "train_textual_inversion"): accept every other kohya option of that script
+    (ignored with a line or refused, see config/kohya_options.py)."""
     parser = argparse.ArgumentParser(description=description)
     add_model_arguments(parser)
     add_dataset_arguments(parser, support_dropout=support_dropout)
@@ -22,11 +26,16 @@ def build_parser(description, support_dropout, add_method_arguments):
     add_sample_arguments(parser)
     add_method_arguments(parser)
     add_config_file_arguments(parser)
+    add_logging_arguments(parser)
+    if script:
+        add_kohya_options(parser, script)
     return parser
 
 
 def parse_arguments(parser, argv):
     args = load_config_file(parser, argv)
+    setup_logging(args)
+    apply_kohya_options(parser, args)
     if args.output_config:
         if not args.config_file:
             raise UserError("--output_config needs --config_file PATH to write to")
@@ -45,7 +54,6 @@ def parse_arguments(parser, argv):
         args.seed = resumed_seed(args.resume)
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(3), "little")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     return normalise_warmup(args)
 
 
