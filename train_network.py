@@ -11,6 +11,7 @@ DreamBooth with prior preservation: put the class images in an is_reg subset (or
 import library  # noqa: F401  (quiet MindSpore start-up)
 from library.errors import UserError, run_cli
 from library.training import session
+from library.training.preflight import check_before_loading
 
 
 def add_network_arguments(parser):
@@ -55,17 +56,24 @@ def build_parser():
 
 
 def check_network_options(args):
-    from library.networks import NETWORK_MODULE_NAMES
+    from library.networks import NETWORK_MODULE_NAMES, parse_network_args
 
     if args.network_module not in NETWORK_MODULE_NAMES:
         raise UserError(f"--network_module {args.network_module}: only LoRA is available "
-                        f"({', '.join(NETWORK_MODULE_NAMES)})")
+                        f"({', '.join(NETWORK_MODULE_NAMES)}); other network modules and LyCORIS: issue 17")
     if args.network_train_unet_only and args.network_train_text_encoder_only:
         raise UserError("--network_train_unet_only and --network_train_text_encoder_only exclude each other")
     if args.network_dim is not None and args.network_dim < 1:
         raise UserError(f"--network_dim must be >= 1, got {args.network_dim}")
     if args.num_class_images < 0:
         raise UserError(f"--num_class_images must be >= 0, got {args.num_class_images}")
+    parse_network_args(args.network_args)  # unknown or block-wise keys, bad values: refused now, not at load
+    if args.dim_from_weights and not args.network_weights:
+        raise UserError("--dim_from_weights needs --network_weights FILE to read the ranks from")
+    multipliers, files = args.base_weights_multiplier or [], args.base_weights or []
+    if multipliers and len(multipliers) != len(files):
+        raise UserError(f"--base_weights_multiplier has {len(multipliers)} value(s) for {len(files)} "
+                        "--base_weights file(s); give one per file")
     if args.save_model_as == "ckpt":
         args.save_model_as = "pt"  # kohya writes the same torch.save dict under either name
 
@@ -78,6 +86,8 @@ def main(argv):
 
     args = session.parse_arguments(build_parser(), argv)
     check_network_options(args)
+    blueprint = check_before_loading(args, support_dropout=True,
+                                     file_options=("network_weights", "base_weights"))
     session.check_output_dir(args, default_name="last")
     world = session.setup_device(args)
     bundle = session.load_model(args)
@@ -87,7 +97,7 @@ def main(argv):
         if plan and world.is_main:
             generate_class_images(args, bundle, plan)
     data = session.build_data(args, bundle.tokenizers, None, support_dropout=True, world=world,
-                              family=bundle.spec.family)
+                              family=bundle.spec.family, blueprint=blueprint)
     check_sizes_fit_model(data, bundle.spec)
     if args.debug_dataset:
         session.print_dataset(data, bundle)

@@ -8,6 +8,7 @@
 import library  # noqa: F401  (quiet MindSpore start-up)
 from library.errors import UserError, run_cli
 from library.training import session
+from library.training.preflight import check_before_loading
 
 
 def add_textual_inversion_arguments(parser):
@@ -53,6 +54,7 @@ def main(argv):
     if args.save_model_as == "ckpt":
         args.save_model_as = "pt"
     template = template_kind(args)
+    blueprint = check_before_loading(args, support_dropout=False, file_options=("weights",))
     session.check_output_dir(args, default_name=args.token_string)
     world = session.setup_device(args)
 
@@ -60,7 +62,7 @@ def main(argv):
     token_ids = add_token_string(bundle.tokenizers, args.token_string, args.num_vectors_per_token)
     hook = caption_transform(args.token_string, args.num_vectors_per_token, template)
     data = session.build_data(args, bundle.tokenizers, hook, support_dropout=False, world=world,
-                              family=bundle.spec.family)
+                              family=bundle.spec.family, blueprint=blueprint)
     check_sizes_fit_model(data, bundle.spec)
     # the caption as training sees it: caption_prefix/suffix may be what carries the token string
     captions = [" ".join(filter(None, (item.subset.caption_prefix, item.caption, item.subset.caption_suffix)))

@@ -168,10 +168,8 @@ for _name in ("gradual_latent_timesteps", "gradual_latent_ratio", "gradual_laten
 
 # Options we define whose kohya choices we only partly have: value -> message.
 REFUSED_VALUES = {
-    "log_with": {"wandb": "Weights & Biases logging is not available; use --log_with tensorboard (events and a "
-                          "steps.csv in --logging_dir)",
-                 "all": "Weights & Biases logging is not available; use --log_with tensorboard (events and a "
-                        "steps.csv in --logging_dir)"},
+    "log_with": {value: "Weights & Biases logging is not available; use --log_with tensorboard (events and a "
+                        "steps.csv in --logging_dir)" for value in ("wandb", "all")},
 }
 
 # kohya's deprecated spellings -> (our option, value): kohya's meaning.
@@ -191,13 +189,17 @@ DIFFERENT_ON_PURPOSE = {
     ("train_textual_inversion", "save_model_as"): "saves .safetensors by default (kohya: .pt): a safe format",
     "max_embeddings_multiples": "default 3 (prompts up to 225 tokens); kohya cuts prompts at 75 tokens "
                                 "without it",
-    "optimizer_type": "AdamW, SGD, SGDNesterov, Lion, AdaFactor; other names are refused (issue 16)",
-    "lr_scheduler": "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial; "
-                    "others are refused",
+    "optimizer_type": "{optimizers}; other names are refused (issue 16)",
+    "lr_scheduler": "{schedulers}; other names are refused",
     "network_args": "conv_dim, conv_alpha, dropout, rank_dropout, module_dropout, loraplus_*; block-wise "
                     "keys and other modules' keys are refused (issue 17)",
-    "max_token_length": "as kohya; a --config_file value of 75 (what the kohya_ss GUI writes for the "
-                        "default) means the default",
+}
+# Notes on options that are the same as kohya's.
+NOTES = {
+    "max_token_length": "a --config_file value of 75 (what the kohya_ss GUI writes for the default) means the "
+                        "default",
+    "console_log_simple": "log lines are always plain here",
+    "use_8bit_adam": "AdamW8bit is refused here: bitsandbytes is CUDA-only (issue 16)",
 }
 # Defaults that differ in form only: kohya's value means ours.
 SAME_MEANING = {"optimizer_type": "", "crop_top": None, "crop_left": None, "network_module": None,
@@ -290,7 +292,7 @@ def hidden_status(dest):
         target, value = ALIASES[dest]
         return "alias", f"--{target} {value}"
     if dest in PENDING_FROM_OTHER_BRANCHES:
-        return "pending", "not yet merged"
+        return "pending", ""
     if dest in IGNORED:
         return "ignored", IGNORED[dest]
     if dest in REFUSED:
@@ -354,14 +356,16 @@ def option_status(parser, script, dest):
         return "alias", f"--{action.dest}"
     different = DIFFERENT_ON_PURPOSE.get((script, dest)) or DIFFERENT_ON_PURPOSE.get(dest)
     if different:
-        return "different", different
+        from ..training.lr_schedules import SCHEDULERS
+        from ..training.optimizers import SUPPORTED
+
+        return "different", different.format(optimizers=", ".join(SUPPORTED), schedulers=", ".join(SCHEDULERS))
     kohya_default = options[dest]["default"]
     if action.default != kohya_default and SAME_MEANING.get(dest, "no match") != kohya_default:
         return "unhandled", f"default {action.default!r}, kohya {kohya_default!r}: explain or align"
     if dest in REFUSED_VALUES:
-        values = REFUSED_VALUES[dest]
-        return "same", f"except {', '.join(values)}: refused ({next(iter(values.values()))})"
-    return "same", ""
+        return "same", "; ".join(f"{value}: refused: {message}" for value, message in REFUSED_VALUES[dest].items())
+    return "same", NOTES.get(dest, "")
 
 
 _WORDS = {
@@ -385,7 +389,7 @@ def _cell(parser, script, dest, words):
     text = words[status]
     if status == "alias":
         text += f" `{detail}`"
-        detail = ""
+        detail = NOTES.get(dest, "")
     if script != "gen_img" and dest not in _DATA["scripts"][script]:
         text += " " + words["sdxl_only"]
     return text, detail

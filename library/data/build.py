@@ -67,10 +67,12 @@ def check_sizes_fit_model(group, spec):
 
 
 def check_latent_caching_allowed(group):
-    """kohya: "when caching latents, either color_aug or random_crop cannot be used"."""
+    """kohya: "when caching latents, either color_aug or random_crop cannot be used". `group`: a DatasetGroup,
+    or the Blueprint it is built from (checked before the model loads)."""
     for dataset in group.datasets:
-        for subset in dataset.params.subsets:
-            if subset.face_crop_aug_range is not None and not dataset.params.enable_bucket:
+        params = getattr(dataset, "params", dataset)
+        for subset in params.subsets:
+            if subset.face_crop_aug_range is not None and not params.enable_bucket:
                 raise UserError(f"{subset.source}: face_crop_aug_range cannot be used with --cache_latents / "
                                 f"--cache_latents_to_disk (each sample is a new crop); turn off one of them")
             for key in ("color_aug", "random_crop"):

@@ -31,7 +31,7 @@ def parse_network_args(items):
     parsed = {}
     for key, value in pairs:
         if key in _UNSUPPORTED:
-            raise UserError(f"--network_args {key}: block-wise LoRA options are not supported")
+            raise UserError(f"--network_args {key}: block-wise LoRA options are not supported (issue 17)")
         if key not in _FLOAT_KEYS + _INT_KEYS:
             raise UserError(f"--network_args: unknown key '{key}' (known: {', '.join(_INT_KEYS + _FLOAT_KEYS)})")
         if value is None or str(value).lower() == "none":

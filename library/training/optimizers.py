@@ -43,9 +43,10 @@ def build_optimizer(name, param_groups, lr, optimizer_args=None):
     kwargs = dict(optimizer_args or {})
     if key in _UNAVAILABLE_HINT:
         raise UserError(f"--optimizer_type {name}: 8-bit/paged optimizers need bitsandbytes (CUDA only); "
-                        f"use --optimizer_type {_UNAVAILABLE_HINT[key]}")
+                        f"use --optimizer_type {_UNAVAILABLE_HINT[key]} (more optimizers: issue 16)")
     if key not in _ALIASES:
-        raise UserError(f"--optimizer_type {name!r} is not supported; choose one of: {', '.join(SUPPORTED)}")
+        raise UserError(f"--optimizer_type {name!r} is not supported; choose one of: {', '.join(SUPPORTED)} "
+                        f"(more optimizers: issue 16)")
     groups = [{"params": list(g["params"]), "lr": float(g.get("lr", lr))} for g in param_groups if g["params"]]
     if not groups:
         raise UserError("nothing to train: no trainable parameters were selected")
@@ -69,8 +70,15 @@ def build_optimizer(name, param_groups, lr, optimizer_args=None):
         if key == "lion":
             return Lion(groups, **kwargs)
         return Adafactor(groups, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise UserError(f"--optimizer_args not accepted by {name}: {e}") from e
+
+
+def check_optimizer(name, optimizer_args, lr):
+    """Refuse an unknown optimizer or arguments it does not take before any model loads, by building it on
+    one placeholder parameter: the same code path as training, so the check cannot drift from it."""
+    placeholder = Parameter(Tensor(np.zeros(1, np.float32)), name="optimizer_check", requires_grad=True)
+    build_optimizer(name, [{"params": [placeholder], "lr": lr}], lr, optimizer_args)
 
 
 class _GroupedOptimizer(nn.Cell):
@@ -215,7 +223,7 @@ class Adafactor(_GroupedOptimizer):
     def __init__(self, groups, eps=(1e-30, 1e-3), clip_threshold=1.0, decay_rate=-0.8, weight_decay=0.0,
                  relative_step=False, scale_parameter=False, warmup_init=False, beta1=None):
         if relative_step or warmup_init or scale_parameter or beta1 is not None:
-            raise UserError("AdaFactor here supports relative_step=False, scale_parameter=False, "
+            raise UserError("--optimizer_args: AdaFactor here supports relative_step=False, scale_parameter=False, "
                             "warmup_init=False, beta1=None (use an explicit --learning_rate)")
         super().__init__(groups)
         self.eps1 = float(eps[0])

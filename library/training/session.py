@@ -88,11 +88,12 @@ def check_output_dir(args, default_name):
         raise UserError(f"--output_dir {args.output_dir}: not writable")
 
 
-def build_data(args, tokenizers, caption_hook, support_dropout, world, family=None):
+def build_data(args, tokenizers, caption_hook, support_dropout, world, family=None, blueprint=None):
+    """`blueprint`: the dataset plan preflight already validated (else made from args here)."""
     from ..data.build import build_dataset_group, verify_bucket_reso_steps
     from ..text.chunking import make_tokenize_fn
 
-    group = build_dataset_group(args, tokenize=make_tokenize_fn(tokenizers, args.max_token_length),
+    group = build_dataset_group(blueprint or args, tokenize=make_tokenize_fn(tokenizers, args.max_token_length),
                                 seed=args.seed, caption_hook=caption_hook, support_dropout=support_dropout)
     group.set_max_train_steps(args.max_train_steps)
     if family:
