@@ -77,12 +77,12 @@ def _to_default(action, value):
     """TOML values become defaults; argparse converts string defaults with `type`, other values stay typed.
     Lists for single-value options (e.g. resolution = [512, 768]) are joined the way the flag is written.
     kohya reads the TOML without argparse's checks, and GUI files rely on it: 1/0 for flags, 64.0 for an
-    integer, [] for an unused list, 75 for the default max_token_length."""
+    integer, [] or "" for an unused value, 75 for the default max_token_length."""
     if action.nargs == 0 and isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
         return bool(value)
     if action.type is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if value == [] and action.default is None:
+    if value in ([], "") and action.default is None:  # what GUI files write for "none"
         return None
     if value in CONFIG_VALUE_MEANS_DEFAULT.get(action.dest, ()):
         return action.default

@@ -66,10 +66,11 @@ def _interactive(stdin):
         return False
 
 
-def print_debug_dataset(dataset, tokenizer_decode=None, max_batches=None, out=sys.stdout, stdin=None,
+def print_debug_dataset(dataset, tokenizer_decode=None, max_batches=None, out=None, stdin=None,
                         epochs=1):
     """Print the dataset's batches. `dataset`: an ImageDataset or DatasetGroup (set up as training would)."""
     stdin = sys.stdin if stdin is None else stdin
+    out = sys.stdout if out is None else out  # looked up per call: sys.stdout may be replaced after import
     interactive = _interactive(stdin)
     if max_batches is None and not interactive:
         max_batches = DEFAULT_NON_INTERACTIVE_BATCHES

@@ -52,7 +52,7 @@ def check_files(args, file_options):
     for option in file_options:
         value = getattr(args, option, None)
         for path in value if isinstance(value, list) else [value]:
-            if path is not None and not os.path.isfile(path):
+            if path and not os.path.isfile(path):  # "" is what GUI files write for "none"
                 raise UserError(f"--{option} {path}: no such file")
 
 
