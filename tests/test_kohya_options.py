@@ -164,15 +164,19 @@ def test_config_file_keys_take_the_command_line_path(tmp_path, capsys, caplog, c
     # a refused kohya option is refused from a file as on the command line
     with pytest.raises(UserError, match="--full_fp16"):
         load("full_fp16 = true\n")
-    # an ignored one prints its one line; GUI bookkeeping, other model families' and other scripts' keys are
-    # skipped with one warning naming them
+    # an ignored one prints its one line; GUI bookkeeping and other model families' keys are skipped with one
+    # warning naming them
     args, err = load('xformers = true\nepoch = 4\nnoise_offset_type = "Original"\nclip_l = "c.safetensors"\n'
-                     'token_string = "mytoy"\nlearning_rate = 0.001\n')
+                     'learning_rate = 0.001\n')
     assert [line for line in err.splitlines() if line.startswith("--xformers:")] == [
         "--xformers: ignored here; " + K.IGNORED["xformers"]]
     skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
-    assert len(skipped) == 1 and all(k in skipped[0] for k in ("epoch", "noise_offset_type", "clip_l", "token_string"))
+    assert len(skipped) == 1 and all(k in skipped[0] for k in ("epoch", "noise_offset_type", "clip_l"))
     assert args.learning_rate == 0.001
+    # another kohya script's option is not ours, as on the command line
+    with pytest.raises(UserError, match="token_string is an option of kohya's sdxl_train_textual_inversion.py, "
+                                        "train_textual_inversion.py, not of train_network.py"):
+        load('token_string = "mytoy"\n')
     # a near miss of one of our options is a typo; kohya option names never get a misleading suggestion
     with pytest.raises(UserError, match="did you mean `learning_rate`"):
         load("learning_rat = 0.1\n")
@@ -239,6 +243,8 @@ REFUSALS = [
     (gen_img_cli, ["--ckpt", "m.safetensors", "--prompt", "a", "--highres_fix_scale", "2"], "issue 18"),
     (gen_img_cli, ["--ckpt", "m.safetensors", "--prompt", "a", "--image_path", "x.png", "--strength", "0.5"],
      "img2img"),
+    (gen_img_cli, ["--ckpt", "m.safetensors", "--prompt", "a", "--network_module", "networks.lokr",
+                   "--network_weights", "x.safetensors"], "issue 17"),
 ]
 
 

@@ -11,7 +11,7 @@ import toml
 
 from ..errors import UserError
 from ..fileio import atomic_write
-from .kohya_options import CONFIG_VALUE_MEANS_DEFAULT, GUI_KEYS, all_kohya_option_names
+from .kohya_options import CONFIG_VALUE_MEANS_DEFAULT, GUI_KEYS, all_kohya_option_names, kohya_scripts_with
 from .loader import load_config_dict
 
 log = logging.getLogger("sdms.config")
@@ -103,11 +103,15 @@ def load_config_file(parser, argv):
         sys.exit(0)
     values = flatten_sections(load_config_dict(path, "--config_file"))
     actions = _config_keys(parser)
-    defaults, skipped = {}, []
+    script = getattr(parser, "kohya_script", None)
+    defaults, skipped, foreign = {}, [], []
     for key, value in values.items():
         if key not in actions:
-            # kohya_ss GUI bookkeeping and other kohya scripts' options are skipped; a near miss of an option
-            # of ours is a typo
+            if key in all_kohya_option_names() and script:
+                foreign.append(key)  # a kohya option of another script: as on the command line, not ours
+                continue
+            # kohya_ss GUI bookkeeping and other tools' keys are skipped; a near miss of an option of ours is
+            # a typo
             if key not in GUI_KEYS and key not in all_kohya_option_names():
                 close = difflib.get_close_matches(key, list(actions), n=1, cutoff=0.8)
                 if close:
@@ -117,9 +121,15 @@ def load_config_file(parser, argv):
         action = actions[key]
         defaults[action.dest] = _to_default(action, value)
         _check_value(path, key, action, defaults[action.dest])
+    if foreign:
+        owners = sorted({s for key in foreign for s in kohya_scripts_with(key)})
+        one = len(foreign) == 1
+        raise UserError(f"--config_file {path}: {', '.join(foreign)} {'is an option' if one else 'are options'} "
+                        f"of kohya's {', '.join(o + '.py' for o in owners)}, not of {script}.py; remove "
+                        f"{'it' if one else 'them'} (a file made for another script?)")
     if skipped:
-        log.warning("--config_file %s: skipping %s (not options of this script: kohya_ss GUI settings or "
-                    "options of other kohya scripts)", path, ", ".join(skipped))
+        log.warning("--config_file %s: skipping %s (no option of kohya's scripts: kohya_ss GUI settings or "
+                    "other tools' options)", path, ", ".join(skipped))
     parser.set_defaults(**defaults)
     return parser.parse_args(argv)
 

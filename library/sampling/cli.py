@@ -12,7 +12,7 @@ from ..config.kohya_options import add_kohya_options, apply_kohya_options
 from ..errors import UserError
 from .checks import check_sample_settings
 from .embeddings import expand_prompt, load_embeddings
-from .networks import load_networks, set_multipliers
+from .networks import check_networks, load_networks, set_multipliers
 from .pipeline import Pipeline, SamplingOptions, to_uint8
 from .png_output import a1111_parameters, file_sha256, gen_img_file_name, save_png, timestamp
 from .requests import batches, build_requests
@@ -106,6 +106,7 @@ def _check_args(args):
     _check_outdir(args.outdir)
     if args.network_weights and args.network_module and len(args.network_module) not in (1, len(args.network_weights)):
         raise UserError("--network_module: give one module, or one per --network_weights file")
+    check_networks(args.network_weights, args.network_module, args.network_mul, args.network_args)
 
 
 def _read_prompt_file(path):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..formats.lora import read_lora_file
-from ..networks import NETWORK_MODULE_NAMES, create_network_from_weights
+from ..networks import NETWORK_MODULE_NAMES, create_network_from_weights, parse_network_args
 
 
 @dataclass
@@ -29,18 +29,28 @@ def _per_network(values, count, option, default):
     return list(values)
 
 
-def load_networks(bundle, weights, modules=None, multipliers=None, merge=False, network_args=None,
-                  allow_pickle=False):
-    """Load every LoRA file into the bundle; returns [LoadedNetwork]."""
+def check_networks(weights, modules=None, multipliers=None, network_args=None):
+    """What can be checked without the model (gen_img runs it before loading): counts, module names,
+    --network_args keys and values. Returns (modules, multipliers, args) per file."""
     weights = list(weights or [])
     modules = _per_network(modules, len(weights), "--network_module", "networks.lora")
     multipliers = [float(m) for m in _per_network(multipliers, len(weights), "--network_mul", 1.0)]
     args = _per_network(network_args, len(weights), "--network_args", None)
-    loaded = []
-    for path, module, multiplier, arg in zip(weights, modules, multipliers, args):
+    for path, module, arg in zip(weights, modules, args):
         if module not in NETWORK_MODULE_NAMES:
             raise UserError(f"--network_module {module!r} is not supported; expected one of: "
-                            f"{', '.join(NETWORK_MODULE_NAMES)}")
+                            f"{', '.join(NETWORK_MODULE_NAMES)} (other network modules and LyCORIS: issue 17)")
+        parse_network_args(arg)
+    return modules, multipliers, args
+
+
+def load_networks(bundle, weights, modules=None, multipliers=None, merge=False, network_args=None,
+                  allow_pickle=False):
+    """Load every LoRA file into the bundle; returns [LoadedNetwork]."""
+    weights = list(weights or [])
+    modules, multipliers, args = check_networks(weights, modules, multipliers, network_args)
+    loaded = []
+    for path, module, multiplier, arg in zip(weights, modules, multipliers, args):
         tensors, metadata = read_lora_file(path, allow_pickle=allow_pickle)
         network = create_network_from_weights(bundle, tensors, multiplier=multiplier, network_args=arg)
         _, unexpected = network.load_state_dict(tensors, metadata, source=f"LoRA file {path}")
