@@ -13,6 +13,7 @@ import train_network
 import train_textual_inversion
 from library.checkpoints.tiny import ensure_tiny_checkpoint
 from library.config import kohya_options as K
+from library.diffusion.samplers import resolve_sampler
 from library.errors import UserError
 from library.sampling import cli as gen_img_cli
 from library.training import session
@@ -62,6 +63,23 @@ def test_every_kohya_option_is_defined_or_ignored_or_refused():
             if status == "unhandled":
                 problems.append(f"{script} --{dest}: neither defined nor ignored/refused {detail}")
     assert not problems, "\n".join(problems)
+    # an option we define takes what kohya's takes: the same number of values and (at least) kohya's choices
+    for script, parser in parsers.items():
+        for option, action in K.defined_options(parser).items():
+            spec = K.kohya_options(script).get(option[2:])
+            if spec is None:
+                continue
+            kohya_nargs = 0 if spec["type"] == "flag" else spec.get("nargs")
+            if (action.nargs or None) != (kohya_nargs or None) or (action.nargs == 0) != (kohya_nargs == 0):
+                problems.append(f"{script} {option}: nargs {action.nargs!r}, kohya {kohya_nargs!r}")
+            kohya_choices = set(spec.get("choices") or []) - {None}
+            missing = kohya_choices - set(action.choices or kohya_choices)  # no choices: free-form, checked later
+            if missing:
+                problems.append(f"{script} {option}: kohya's values {sorted(missing)} are not accepted")
+    assert not problems, "\n".join(problems)
+    for script, option in (("train_network", "sample_sampler"), ("gen_img", "sampler")):  # free-form, checked early
+        for name in K.kohya_options(script)[option]["choices"]:
+            resolve_sampler(name, option=f"--{option}")
     # the registries name real kohya options, each in one registry, and every refusal says why
     known = K.all_kohya_option_names()
     registries = [set(K.IGNORED), set(K.REFUSED), set(K.ALIASES), set(K.PENDING_FROM_OTHER_BRANCHES)]

@@ -156,15 +156,15 @@ REFUSED = {
     "noise_offset_prob": _gen_img_feature("noise offset at generation"),
     "noise_offset_range": _gen_img_feature("noise offset at generation"),
 }
-for _name in ("highres_fix_scale", "highres_fix_steps", "highres_fix_strength", "highres_fix_save_1st",
-              "highres_fix_latents_upscaling", "highres_fix_upscaler", "highres_fix_upscaler_args",
-              "highres_fix_disable_control_net"):
-    REFUSED[_name] = _gen_img_feature("highres fix")
-for _name in ("ds_depth_1", "ds_timesteps_1", "ds_depth_2", "ds_timesteps_2", "ds_ratio"):
-    REFUSED[_name] = _gen_img_feature("Deep Shrink")
-for _name in ("gradual_latent_timesteps", "gradual_latent_ratio", "gradual_latent_ratio_step",
-              "gradual_latent_every_n_steps", "gradual_latent_s_noise", "gradual_latent_unsharp_params"):
-    REFUSED[_name] = _gen_img_feature("Gradual Latent")
+REFUSED.update(dict.fromkeys(("highres_fix_scale", "highres_fix_steps", "highres_fix_strength",
+                              "highres_fix_save_1st", "highres_fix_latents_upscaling", "highres_fix_upscaler",
+                              "highres_fix_upscaler_args", "highres_fix_disable_control_net"),
+                             _gen_img_feature("highres fix")))
+REFUSED.update(dict.fromkeys(("ds_depth_1", "ds_timesteps_1", "ds_depth_2", "ds_timesteps_2", "ds_ratio"),
+                             _gen_img_feature("Deep Shrink")))
+REFUSED.update(dict.fromkeys(("gradual_latent_timesteps", "gradual_latent_ratio", "gradual_latent_ratio_step",
+                              "gradual_latent_every_n_steps", "gradual_latent_s_noise",
+                              "gradual_latent_unsharp_params"), _gen_img_feature("Gradual Latent")))
 
 # Options we define whose kohya choices we only partly have: value -> message.
 REFUSED_VALUES = {
@@ -177,7 +177,7 @@ ALIASES = {
     "use_8bit_adam": ("optimizer_type", "AdamW8bit"),
     "use_lion_optimizer": ("optimizer_type", "Lion"),
 }
-# What an unset optimizer_type means here and in kohya ('' and None mean AdamW).
+# Values of the alias target that mean "not given" (kohya: '' and None mean AdamW; our default is AdamW).
 _UNSET_OPTIMIZER = (None, "", "AdamW")
 
 # Options we define with another default or meaning than kohya, on purpose: dest (or (script, dest)) -> why.
@@ -185,7 +185,8 @@ DIFFERENT_ON_PURPOSE = {
     "v2": "auto-detected from the checkpoint when not given",
     "v_parameterization": "auto-detected from the checkpoint (SD 2.x 768-v) when not given",
     "sdxl": "auto-detected from the checkpoint when not given",
-    "network_module": "defaults to networks.lora (kohya requires it); other modules are refused (issue 17)",
+    "network_module": "networks.lora when not given (kohya's trainer requires it); other modules are refused "
+                      "(issue 17)",
     ("train_textual_inversion", "save_model_as"): "saves .safetensors by default (kohya: .pt): a safe format",
     "max_embeddings_multiples": "default 3 (prompts up to 225 tokens); kohya cuts prompts at 75 tokens "
                                 "without it",
