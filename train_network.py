@@ -37,8 +37,6 @@ def add_network_arguments(parser):
     g.add_argument("--save_model_as", type=str, default="safetensors", choices=["safetensors", "pt", "ckpt"])
     g.add_argument("--no_metadata", action="store_true", help="save only the minimal ss_* metadata")
     g.add_argument("--training_comment", type=str, default=None, help="stored as ss_training_comment")
-    for key in ("title", "author", "description", "license", "tags"):
-        g.add_argument(f"--metadata_{key}", type=str, default=None, help=f"modelspec.{key}")
     d = parser.add_argument_group("DreamBooth class images")
     d.add_argument("--class_prompt", type=str, default=None,
                    help="prompt for generating regularisation images (default: the reg subset's class tokens)")
