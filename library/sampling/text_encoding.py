@@ -78,6 +78,21 @@ def encode_prompt_pairs(bundle, negatives, prompts, num_chunks, clip_skip=None):
     return context, pooled
 
 
+def encode_with_real_uncond(bundle, negatives, prompts, num_chunks, clip_skip=None):
+    """[negatives; prompts; empty prompts] in one text-encoder call: the context of kohya's --negative_scale,
+    where the empty prompt (same chunk count) is the unconditional part. Empty negatives and the empty
+    prompts are zeros on SDXL, as in encode_negatives."""
+    negatives, prompts = list(negatives), list(prompts)
+    empties = [""] * len(prompts)
+    context, pooled = encode_texts(bundle, negatives + prompts + empties, num_chunks, clip_skip)
+    unconditional = negatives + [None] * len(prompts) + empties  # None: a prompt, never zeroed
+    empty = np.array([text is not None and not text for text in unconditional])
+    if bundle.spec.family == "sdxl":
+        context[empty] = 0.0
+        pooled[empty] = 0.0
+    return context, pooled
+
+
 def _zero_empty_negatives(bundle, texts, context, pooled):
     if bundle.spec.family == "sdxl":
         empty = np.array([not t for t in texts])
