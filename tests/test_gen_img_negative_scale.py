@@ -125,3 +125,19 @@ def test_cli_seed_of_one_image_is_the_given_seed(runs):
     # --negative_scale on the command line = --nl in the prompt; the printed seed reproduces the image
     assert texts["negative-scale"] == "3.0"
     assert np.abs(image - nl_empty[1]).max() <= 1
+
+
+def test_training_samples_say_that_nl_is_ignored(tmp_path, caplog):
+    import argparse
+
+    from library.models.bundle import build_bundle
+    from library.sampling.training_samples import TrainingSampler
+
+    prompts = tmp_path / "samples.txt"
+    prompts.write_text("a toy --nl 2 --w 64 --h 64\nplain --w 64 --h 64\n", encoding="utf-8")
+    args = argparse.Namespace(sample_prompts=str(prompts), sample_sampler="ddim", output_dir=str(tmp_path),
+                              output_name="run", clip_skip=None, seed=1)
+    with caplog.at_level("WARNING"):
+        TrainingSampler(args, build_bundle("tiny-sd15"))
+    ignored = [r.getMessage() for r in caplog.records if "--nl" in r.getMessage()]
+    assert len(ignored) == 1 and "'a toy'" in ignored[0] and "ignored in training samples" in ignored[0]
