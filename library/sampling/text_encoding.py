@@ -8,23 +8,11 @@ contexts have the same length.
 """
 import numpy as np
 
-from ..models.text_conditioning import CHUNK_LENGTH, CONTENT_PER_CHUNK, encode_prompts
-from ..text.chunking import chunks_needed, tokenize_weighted
+from ..models.text_conditioning import encode_prompts
+from ..text.chunking import chunks_needed, join_chunk_weights, tokenize_weighted
 from .compiled import run_graph
 
 DEFAULT_MAX_CHUNKS = 3
-
-
-def join_chunk_weights(weights, num_chunks):
-    """(B, 77k) per-id weights -> (B, 75k + 2) per context position, joined as the encoder joins chunks."""
-    if num_chunks == 1:
-        return weights
-    parts = [weights[:, :1]]
-    for chunk in range(num_chunks):
-        start = chunk * CHUNK_LENGTH + 1
-        parts.append(weights[:, start:start + CONTENT_PER_CHUNK])
-    parts.append(weights[:, -1:])
-    return np.concatenate(parts, axis=1)
 
 
 def apply_weights(context, weights):
