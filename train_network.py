@@ -35,11 +35,12 @@ def add_network_arguments(parser):
     g.add_argument("--scale_weight_norms", type=float, default=None, help="max-norm regularisation (1.0 is usual)")
     g.add_argument("--base_weights", type=str, default=None, nargs="*", help="LoRA files merged in before training")
     g.add_argument("--base_weights_multiplier", type=float, default=None, nargs="*")
+    g.add_argument("--weighted_captions", action="store_true",
+                   help="read (word:1.3) attention weights in captions and weight the text conditioning with them "
+                        "(kohya; keep commas out of the brackets when shuffling or dropping tags)")
     g.add_argument("--save_model_as", type=str, default="safetensors", choices=["safetensors", "pt", "ckpt"])
     g.add_argument("--no_metadata", action="store_true", help="save only the minimal ss_* metadata")
     g.add_argument("--training_comment", type=str, default=None, help="stored as ss_training_comment")
-    for key in ("title", "author", "description", "license", "tags"):
-        g.add_argument(f"--metadata_{key}", type=str, default=None, help=f"modelspec.{key}")
     d = parser.add_argument_group("DreamBooth class images")
     d.add_argument("--class_prompt", type=str, default=None,
                    help="prompt for generating regularisation images (default: the reg subset's class tokens)")
@@ -78,6 +79,20 @@ def check_network_options(args):
         args.save_model_as = "pt"  # kohya writes the same torch.save dict under either name
 
 
+def warn_weighted_captions_with_shuffling(args, data):
+    """kohya's --weighted_captions note: captions are split on caption_separator before the weights are read,
+    so shuffling or dropping tags can cut a (word, word:1.2) group apart. kohya allows it; so do we, aloud."""
+    if not args.weighted_captions:
+        return
+    for dataset in data.datasets:
+        for subset in dataset.params.subsets:
+            if subset.shuffle_caption or subset.caption_tag_dropout_rate > 0:
+                print(f"warning: {subset.source}: --weighted_captions with shuffle_caption / "
+                      f"caption_tag_dropout_rate: keep '{subset.caption_separator}' out of (...) weight groups, "
+                      f"or shuffling cuts them apart (as in kohya)")
+                return
+
+
 def main(argv):
     from library.data.build import check_sizes_fit_model
     from library.networks.class_images import generate_class_images, plan_class_images
@@ -99,6 +114,7 @@ def main(argv):
     data = session.build_data(args, bundle.tokenizers, None, support_dropout=True, world=world,
                               family=bundle.spec.family, blueprint=blueprint)
     check_sizes_fit_model(data, bundle.spec)
+    warn_weighted_captions_with_shuffling(args, data)
     if args.debug_dataset:
         session.print_dataset(data, bundle)
         return 0

@@ -96,6 +96,13 @@ def test_bucket_reso_adjusted_and_checked(tmp_path):
     config["datasets"][0]["min_bucket_reso"] = 640
     with pytest.raises(UserError, match="min_bucket_reso 640 must be <= the resolution"):
         blueprint_from_user_config(config, None, config_file=str(tmp_path / "c.toml"))
+    # kohya checks them with bucket_no_upscale too (where they choose no bucket)
+    config["datasets"][0].update(min_bucket_reso=256, max_bucket_reso=448, bucket_no_upscale=True)
+    with pytest.raises(UserError, match="max_bucket_reso 448 must be >= the resolution"):
+        blueprint_from_user_config(config, None, config_file=str(tmp_path / "c.toml"))
+    config["datasets"][0]["max_bucket_reso"] = 1000
+    dataset = blueprint_from_user_config(config, None, config_file=str(tmp_path / "c.toml")).datasets[0]
+    assert dataset.max_bucket_reso == 1024
 
 
 def write_png(path, size=(8, 8)):

@@ -50,7 +50,8 @@ def test_reg_balancing_round_robin(tmp_path):
     group = build(tmp_path, {"resolution": 32}, [{"image_dir": "obj", "num_repeats": 5},
                                                  {"image_dir": "reg", "is_reg": True}])
     reg = [it.num_repeats for it in group.items if it.is_reg]
-    assert reg == [4, 4, 4, 3] and group.num_train_images == 15 and group.num_reg_images == 15
+    # kohya counts reg images x their subset's repeats before balancing: 4 x 1
+    assert reg == [4, 4, 4, 3] and group.num_train_images == 15 and group.num_reg_images == 4
 
     make_folder(tmp_path, "reg2", [(32, 32)] * 2)
     group = build(tmp_path, {"resolution": 32}, [{"image_dir": "obj", "num_repeats": 5},
@@ -61,6 +62,7 @@ def test_reg_balancing_round_robin(tmp_path):
     make_folder(tmp_path, "few", [(32, 32)] * 2)
     group = build(tmp_path, {"resolution": 32}, [{"image_dir": "few"}, {"image_dir": "reg", "is_reg": True}])
     assert [it.num_repeats for it in group.items if it.is_reg] == [1, 1]  # two reg images unused
+    assert group.num_reg_images == 4  # ... and counted all the same (kohya's ss_num_reg_images)
 
 
 def test_batch_contents(tmp_path):
@@ -86,7 +88,7 @@ def test_batch_contents(tmp_path):
         assert (batch["network_multipliers"] == 0.5).all()
         assert batch["crop_top_lefts"].shape == (count, 2) and batch["flipped"].dtype == bool
         seen += count
-    assert seen == group.num_train_images + group.num_reg_images
+    assert seen == sum(item.num_repeats for item in group.items) == 6  # 3 train + the reg image repeated 3 times
 
 
 def collect(group, epoch):
@@ -217,32 +219,121 @@ def test_finetuning_metadata_json_and_jsonl(tmp_path):
     meta = {"ft_0": {"caption": "a photo", "tags": "red, toy"}, "ft_1.png": {"tags": "blue"}}
     (tmp_path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
     group = build(tmp_path, {"resolution": 32}, [{"image_dir": "ft", "metadata_file": "meta.json"}])
-    assert sorted(it.caption for it in group.items) == ["a photo, red, toy", "blue"]
+    # kohya joins caption and tags with caption_separator and nothing else
+    assert sorted(it.caption for it in group.items) == ["a photo,red, toy", "blue"]
     lines = [{"image_path": os.path.join(folder, "ft_0.png"), "caption": "line caption"}]
     (tmp_path / "meta.jsonl").write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
     group = build(tmp_path, {"resolution": 32}, [{"metadata_file": "meta.jsonl"}])
     assert [it.caption for it in group.items] == ["line caption"]
 
 
+def test_finetuning_caption_separator_and_wildcard_lines(tmp_path):
+    make_folder(tmp_path, "ft", [(32, 32)] * 3, caption=None)
+    meta = {"ft_0": {"caption": "a photo of a tree", "tags": "tree, green"},
+            "ft_1": {"caption": "line one\n\nline two", "tags": "x\ny"}, "ft_2": {"caption": "", "tags": ""}}
+    (tmp_path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    group = build(tmp_path, {"resolution": 32}, [{"image_dir": "ft", "metadata_file": "meta.json",
+                                                  "caption_separator": ";"}])
+    captions = {os.path.basename(it.path): it.caption for it in group.items}
+    assert captions == {"ft_0.png": "a photo of a tree;tree, green", "ft_1.png": "line one\n\nline two;x\ny",
+                        "ft_2.png": ""}
+    group = build(tmp_path, {"resolution": 32}, [{"image_dir": "ft", "metadata_file": "meta.json",
+                                                  "enable_wildcard": True}])
+    captions = {os.path.basename(it.path): it.caption for it in group.items}
+    # wildcards: the tags, made one line, follow every non-empty caption line
+    assert captions == {"ft_0.png": "a photo of a tree,tree, green", "ft_1.png": "line one,x,y\nline two,x,y",
+                        "ft_2.png": ""}
+
+
 def test_training_metadata_as_kohya_writes_it(tmp_path):
     from library.data import training_metadata
 
     make_folder(tmp_path, "obj", [(32, 32)] * 3)
-    make_folder(tmp_path, "reg", [(32, 32)] * 2, caption="Toy")
+    make_folder(tmp_path, "reg", [(32, 32)] * 8, caption="Toy")
     group = build(tmp_path, {"resolution": 32, "batch_size": 2},
-                  [{"image_dir": "obj", "num_repeats": 2}, {"image_dir": "reg", "is_reg": True}])
+                  [{"image_dir": "obj", "num_repeats": 2}, {"image_dir": "reg", "is_reg": True, "num_repeats": 2}])
+    assert sum(1 for item in group.items if item.is_reg) == 3  # 3 reg images cover the 6 train images
     meta = training_metadata(group)
-    assert meta["ss_num_train_images"] == "6" and meta["ss_num_reg_images"] == "6"
+    # every reg image x repeats before balancing, used or not
+    assert meta["ss_num_train_images"] == "6" and meta["ss_num_reg_images"] == "16"
     frequency = json.loads(meta["ss_tag_frequency"])
     assert frequency["obj"]["a photo of mytoy"] == 3 and frequency["obj"]["tag0"] == 1
-    assert frequency["reg"]["toy"] == 2  # lower-cased tag text
+    assert frequency["reg"]["toy"] == 8  # lower-cased, every loaded reg image
     assert json.loads(meta["ss_dataset_dirs"]) == {"obj": {"n_repeats": 2, "img_count": 3}}
     (dataset,) = json.loads(meta["ss_datasets"])
     assert dataset["is_dreambooth"] is True and dataset["resolution"] == [32, 32]
-    assert dataset["bucket_info"]["buckets"]["0"] == {"resolution": [32, 32], "count": 12}
+    assert dataset["num_reg_images"] == 16 and dataset["num_train_images"] == 6
+    # bucketing off: kohya's dataset holds no bucket settings
+    assert dataset["bucket_info"] is None and dataset["min_bucket_reso"] is None
+    assert dataset["max_bucket_reso"] is None and dataset["enable_bucket"] is False
     assert [s["is_reg"] for s in dataset["subsets"]] == [False, True]
-    assert dataset["subsets"][1]["num_repeats"] == 1  # configured repeats; balancing changes the images'
-    assert dataset["subsets"][1]["img_count"] == 2
+    assert dataset["subsets"][1]["num_repeats"] == 2  # configured repeats; balancing changes the images'
+    assert dataset["subsets"][1]["img_count"] == 8
+
+
+def test_training_metadata_buckets_and_repeated_folder_names(tmp_path):
+    from library.data import training_metadata
+
+    make_folder(tmp_path, "obj", [(48, 32), (32, 48), (48, 32)])
+    buckets = {"enable_bucket": True, "min_bucket_reso": 16, "max_bucket_reso": 64, "bucket_reso_steps": 16}
+    config = {"general": {"caption_extension": ".txt"},
+              "datasets": [dict({"resolution": 32}, **buckets, subsets=[{"image_dir": "obj", "num_repeats": 2}]),
+                           {"resolution": 32, "subsets": [{"image_dir": "obj"}]}]}
+    bp = blueprint_from_user_config(config, None, config_file=str(tmp_path / "c.toml"))
+    meta = training_metadata(build_dataset_group(bp, tokenize=dummy_tokenize))
+    first, second = json.loads(meta["ss_datasets"])
+    assert first["bucket_info"]["buckets"] == {"0": {"resolution": [16, 48], "count": 2},
+                                               "1": {"resolution": [32, 32], "count": 4}}
+    assert (first["min_bucket_reso"], first["max_bucket_reso"]) == (16, 64) and second["bucket_info"] is None
+    # kohya numbers a folder seen again instead of merging it
+    assert json.loads(meta["ss_dataset_dirs"]) == {"obj": {"n_repeats": 2, "img_count": 3},
+                                                   "obj (2)": {"n_repeats": 1, "img_count": 3}}
+
+
+def test_folder_mode_metadata_keys(tmp_path):
+    import argparse
+
+    from library.config import generate_blueprint
+    from library.config.cli_args import add_dataset_arguments
+    from library.data import training_metadata
+
+    make_folder(tmp_path / "train", "3_mytoy", [(32, 32)] * 2)
+    make_folder(tmp_path / "reg", "1_toy", [(32, 32)] * 5, caption="toy")
+    parser = add_dataset_arguments(argparse.ArgumentParser(), support_dropout=True)
+    parser.add_argument("--train_batch_size", type=int, default=2)
+    args = parser.parse_args(["--train_data_dir", str(tmp_path / "train"), "--reg_data_dir", str(tmp_path / "reg"),
+                              "--resolution", "32", "--caption_extension", ".txt", "--flip_aug", "--keep_tokens",
+                              "1"])
+    meta = training_metadata(build_dataset_group(generate_blueprint(args), tokenize=dummy_tokenize), args, 4)
+    assert "ss_datasets" not in meta
+    assert meta["ss_num_train_images"] == "6" and meta["ss_num_reg_images"] == "5"
+    assert (meta["ss_batch_size_per_device"], meta["ss_total_batch_size"], meta["ss_resolution"]) == \
+        ("2", "4", "(32, 32)")
+    assert (meta["ss_flip_aug"], meta["ss_color_aug"], meta["ss_keep_tokens"]) == ("True", "False", "1")
+    # bucketing off: str(None) and json.dumps(None), as kohya writes them
+    assert (meta["ss_enable_bucket"], meta["ss_bucket_no_upscale"]) == ("False", "False")
+    assert (meta["ss_min_bucket_reso"], meta["ss_max_bucket_reso"], meta["ss_bucket_info"]) == \
+        ("None", "None", "null")
+    assert json.loads(meta["ss_dataset_dirs"]) == {"3_mytoy": {"n_repeats": 3, "img_count": 2}}
+    assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_toy": {"n_repeats": 1, "img_count": 5}}
+
+
+def test_dataset_of_reg_subsets_only_registers_nothing(tmp_path, caplog):
+    make_folder(tmp_path, "obj", [(32, 32)] * 2)
+    make_folder(tmp_path, "reg", [(32, 32)] * 3, caption="toy")
+    config = {"general": {"caption_extension": ".txt"},
+              "datasets": [{"resolution": 32, "subsets": [{"image_dir": "obj"}]},
+                           {"resolution": 32, "subsets": [{"image_dir": "reg", "is_reg": True}]}]}
+    bp = blueprint_from_user_config(config, None, config_file=str(tmp_path / "c.toml"))
+    with caplog.at_level("WARNING"):
+        group = build_dataset_group(bp, tokenize=dummy_tokenize)
+    assert "only regularisation subsets" in caplog.text and "datasets[1]" in caplog.text
+    assert [len(d.items) for d in group.datasets] == [2, 0] and len(group) == 2
+    assert group.num_reg_images == 3  # still counted, as kohya
+    config["datasets"] = config["datasets"][1:]
+    bp = blueprint_from_user_config(config, None, config_file=str(tmp_path / "c.toml"))
+    with pytest.raises(UserError, match="no training images"):
+        build_dataset_group(bp, tokenize=dummy_tokenize)
 
 
 def test_alpha_mask_and_no_bucket_random_crop(tmp_path):

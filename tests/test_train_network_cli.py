@@ -79,7 +79,9 @@ def test_class_images_generated_once_and_files_written(runs):
     assert meta["ss_num_train_images"] == "8" and meta["ss_num_reg_images"] == "2"
     assert meta["ss_steps"] == "8" and meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
     assert len(meta["sshs_model_hash"]) == 64 and len(meta["sshs_legacy_hash"]) == 8
-    assert "1_dog" in meta["ss_dataset_dirs"] and "sks dog" in meta["ss_tag_frequency"]
+    # folder mode, as kohya: reg folders in ss_reg_dataset_dirs, not merged into ss_dataset_dirs
+    assert "4_sks dog" in meta["ss_dataset_dirs"] and "1_dog" in meta["ss_reg_dataset_dirs"]
+    assert "sks dog" in meta["ss_tag_frequency"] and "ss_network_args" not in meta
 
 
 def test_trained_lora_lowers_the_loss(runs):

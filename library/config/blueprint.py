@@ -90,8 +90,7 @@ def _check_dataset(params, where):
     if params.min_bucket_reso > params.max_bucket_reso:
         raise UserError(f"{where}: min_bucket_reso {params.min_bucket_reso} must be <= max_bucket_reso "
                         f"{params.max_bucket_reso}")
-    if params.bucket_no_upscale:
-        return
+    # kohya adjusts and checks min/max_bucket_reso with bucket_no_upscale too, though they choose no bucket then
     if params.min_bucket_reso % steps:
         adjusted = params.min_bucket_reso - params.min_bucket_reso % steps
         log.warning("%s: min_bucket_reso %d is not a multiple of bucket_reso_steps %d; using %d", where,

@@ -51,10 +51,6 @@ PENDING_FROM_OTHER_BRANCHES = frozenset({
     "lr_scheduler_timescale", "initial_epoch", "initial_step", "skip_until_initial_step",
     "save_last_n_epochs_state", "save_last_n_steps_state", "save_n_epoch_ratio", "validation_seed",
     "validation_split", "validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps",
-    # others (ws-behav)
-    "negative_scale", "weighted_captions", "metadata_title", "metadata_author", "metadata_description",
-    "metadata_license", "metadata_tags", "metadata_trigger_phrase", "metadata_usage_hint", "metadata_thumbnail",
-    "metadata_merged_from", "metadata_preprocessor", "metadata_is_negative_embedding",
 })
 # ---------------------------------------------------------------------------------------------------------
 

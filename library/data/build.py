@@ -27,13 +27,17 @@ def build_dataset_group(source, *, tokenize=None, seed=0, caption_hook=None, spl
             if subset.face_crop_aug_range is not None and params.enable_bucket:
                 log.warning("%s: face_crop_aug_range is ignored when enable_bucket is on (as in kohya)",
                             subset.source)
-        items = items_for_dataset(params, split=split, seed=seed)
-        if not items:
-            if split == "validation":
-                continue
-            raise UserError(f"{params.source}: no images found. With --train_data_dir, that folder must be the "
-                            f"PARENT of folders named '<repeats>_<class tokens>' that hold the images")
-        datasets.append(ImageDataset(params, items, tokenize=tokenize, seed=seed, caption_hook=caption_hook))
+        items, loaded = items_for_dataset(params, split=split, seed=seed)
+        if not items and split == "validation":
+            continue
+        # a dataset of reg subsets only registers nothing (items_for_dataset warned) but stays in the group,
+        # as in kohya: its subsets and reg images still count in the metadata
+        datasets.append(ImageDataset(params, items, tokenize=tokenize, seed=seed, caption_hook=caption_hook,
+                                     loaded=loaded))
+    if split == "train" and not any(dataset.items for dataset in datasets):
+        raise UserError(f"{blueprint.config_file or 'the dataset options'}: no training images (only "
+                        f"regularisation subsets). With --train_data_dir, that folder must be the PARENT of "
+                        f"folders named '<repeats>_<class tokens>' that hold the images")
     return DatasetGroup(datasets, seed)
 
 

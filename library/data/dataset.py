@@ -29,9 +29,13 @@ def _selector(params):
 
 
 class ImageDataset:
-    def __init__(self, params, items, *, tokenize=None, seed=0, caption_hook=None):
+    def __init__(self, params, items, *, tokenize=None, seed=0, caption_hook=None, loaded=None):
+        """loaded: [(subset, its items before reg balancing)] (items_for_dataset); default: from `items`."""
         self.params = params
         self.items = items
+        if loaded is None:
+            loaded = [(s, [i for i in items if i.subset is s]) for s in params.subsets]
+        self.loaded = loaded
         self.tokenize = tokenize
         self.seed = int(seed) if seed is not None else 0  # no --seed: still deterministic
         self.caption_hook = caption_hook
@@ -57,7 +61,7 @@ class ImageDataset:
         self.buckets = {}
         for index, item in enumerate(self.items):
             self.buckets.setdefault(item.bucket_reso, []).extend([index] * item.num_repeats)
-        return float(np.mean(errors)) if errors else 0.0
+        return float(np.mean(errors)) if errors else 0  # kohya: 0 (an int) when there is no image
 
     def bucket_table(self):
         """[(resolution (w, h), count with repeats)] sorted by resolution."""
@@ -69,7 +73,8 @@ class ImageDataset:
 
     @property
     def num_reg_images(self):
-        return sum(item.num_repeats for item in self.items if item.is_reg)
+        """kohya: every loaded reg image x its subset's repeats, counted before balancing (used or not)."""
+        return sum(subset.num_repeats * len(items) for subset, items in self.loaded if subset.is_reg)
 
     # ----- epochs, steps, shards -----
     def set_epoch(self, epoch):

@@ -2,9 +2,13 @@
 
 - DreamBooth: images directly in `image_dir`; caption from `<image stem><caption_extension>` (UTF-8, first line
   unless wildcards), else `class_tokens`; `cache_info` keeps captions and sizes in `metadata_cache.json`.
-- Fine-tuning: `metadata_file` .json `{key: {caption, tags, image_size}}` or .jsonl (`image_path` per line).
+- Fine-tuning: `metadata_file` .json `{key: {caption, tags, image_size}}` or .jsonl (`image_path` per line);
+  tags are appended to the caption after `caption_separator` exactly as kohya joins them (no added space).
 - Regularisation balancing: reg images are registered round-robin and their repeats grow until the reg total
-  covers sum(train images x repeats); reg images beyond that are unused (as kohya).
+  covers sum(train images x repeats); reg images beyond that are unused (as kohya). A dataset with no train
+  images registers no reg image (kohya: nothing to balance against).
+- `items_for_dataset` also returns every subset's loaded items before balancing: kohya's `img_count`,
+  `num_reg_images` and tag frequency count those.
 - Validation split: each non-reg subset's images shuffled with `validation_seed`, the first ceil(n*(1-split))
   train, the rest validate; reg subsets never validate."""
 import json
@@ -37,6 +41,7 @@ class ImageItem:
     num_repeats: int
     is_reg: bool
     size: tuple  # original (width, height)
+    tags: Optional[str] = None  # fine-tuning metadata tags (what kohya's ss_tag_frequency counts there)
     bucket_reso: Optional[tuple] = None
     resized_size: Optional[tuple] = None
     cache: dict = field(default_factory=dict)  # cached latents etc. (see latent_cache.py)
@@ -133,6 +138,22 @@ def _read_metadata(path):
                         f" ({e})") from e
 
 
+def _join_caption_and_tags(caption, tags, subset):
+    """kohya's FineTuningDataset: `caption + caption_separator + tags`, nothing added in between; with
+    wildcards the tags (made one line) follow every non-empty caption line. -> (caption, tags counted)."""
+    caption = caption or ""
+    separator = subset.caption_separator
+    if subset.enable_wildcard:
+        if tags is None:
+            return caption, None
+        tags = tags.replace("\n", separator)
+        lines = [line for line in caption.split("\n") if line.strip() != ""]
+        return "\n".join(f"{line}{separator}{tags}" for line in lines), tags
+    if not tags:
+        return caption, None
+    return (caption + separator if caption else "") + tags, tags
+
+
 def finetuning_items(subset):
     metadata = _read_metadata(subset.metadata_file)
     items = []
@@ -142,15 +163,9 @@ def finetuning_items(subset):
             log.warning("%s: image for metadata key %r not found (image_dir %s); skipped", subset.source, key,
                         subset.image_dir)
             continue
-        caption, tags = record.get("caption"), record.get("tags")
-        if caption is None:
-            caption = tags or ""
-        elif tags:
-            sep = subset.caption_separator
-            lines = caption.split("\n") if subset.enable_wildcard else [caption]
-            caption = "\n".join(line + sep + " " + tags for line in lines)
+        caption, tags = _join_caption_and_tags(record.get("caption"), record.get("tags"), subset)
         size = tuple(record["image_size"]) if record.get("image_size") else image_size(path)
-        items.append(ImageItem(key, path, caption, subset, subset.num_repeats, False, size))
+        items.append(ImageItem(key, path, caption, subset, subset.num_repeats, False, size, tags=tags))
     if not items:
         raise UserError(f"{subset.source}: metadata_file {subset.metadata_file} lists no image that exists")
     return items
@@ -169,7 +184,7 @@ def balance_regularisation(train_items, reg_items):
     """Register reg items round-robin, growing their repeats until they cover the train images x repeats."""
     target = sum(item.num_repeats for item in train_items)
     used, total, first_round = [], 0, True
-    if not reg_items:
+    if not reg_items or not target:
         return used
     while total < target:
         for item in reg_items:
@@ -189,8 +204,9 @@ def balance_regularisation(train_items, reg_items):
 
 
 def items_for_dataset(params, split="train", seed=0):
-    """All items of one DatasetParams, after the validation split and the reg balancing."""
-    train, reg = [], []
+    """(items, loaded) of one DatasetParams: the items to train on, after the validation split and the reg
+    balancing; and [(subset, its items before balancing)] for every subset (kohya's counts)."""
+    train, reg, loaded = [], [], []
     validation_seed = params.validation_seed if params.validation_seed is not None else seed
     for subset in params.subsets:
         if subset.kind == KIND_DREAMBOOTH:
@@ -200,9 +216,16 @@ def items_for_dataset(params, split="train", seed=0):
         else:
             raise UserError(f"{subset.source}: ControlNet subsets are not supported by this trainer")
         if subset.is_reg:
+            items = [] if split == "validation" else items  # reg subsets never validate
             reg += items
-            continue
-        train += split_for_validation(items, params.validation_split, validation_seed, split == "validation")
+        else:
+            items = split_for_validation(items, params.validation_split, validation_seed, split == "validation")
+            train += items
+        loaded.append((subset, items))
     if split == "validation":
-        return train
-    return train + balance_regularisation(train, reg)
+        return train, loaded
+    if reg and not train:
+        log.warning("%s: only regularisation subsets and no training images: none of its %d reg image(s) is "
+                    "used (as kohya, reg images are balanced against the same dataset's training images)",
+                    params.source, len(reg))
+    return train + balance_regularisation(train, reg), loaded

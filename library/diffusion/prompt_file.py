@@ -3,7 +3,7 @@
 Files: .txt (one prompt a line, `#` comments), .toml (`[prompt]` defaults + `[[prompt.subset]]` entries),
 .json (a list of strings or dicts). In-line options follow the prompt text, each as ` --x value`:
   --n negative prompt      --w / --h width / height   --d seed (gen_img: comma list, one per image)
-  --s steps                --l CFG scale              --ss sampler      --nl negative scale
+  --s steps                --l CFG scale              --ss sampler      --nl negative scale (or none)
   --am network multipliers (comma list)               --ow --oh --nw --nh --ct --cl (SDXL conditioning)
   --f output file name
 Dict keys are those kohya's TOML/JSON prompt files use: prompt, negative_prompt, width, height, seed,
@@ -28,7 +28,7 @@ DEFAULT_SCALE = 7.5
 _NUMBER = r"(-?[\d.]+)"
 _OPTIONS = [  # (option, regex for the value, key, converter); longest option names first
     ("ss", r"(.+)", "sample_sampler", str.strip),
-    ("nl", _NUMBER, "negative_scale", float),
+    ("nl", r"(-?[\d.]+|none)", "negative_scale", lambda v: None if v.lower() == "none" else float(v)),
     ("am", r"([\d.,\-\s]+)", "network_multipliers", lambda v: [float(x) for x in v.split(",") if x.strip()]),
     ("ow", r"(\d+)", "original_width", int),
     ("oh", r"(\d+)", "original_height", int),

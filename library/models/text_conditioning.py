@@ -93,6 +93,14 @@ def join_chunks(states, num_chunks):
     return ops.concat(parts, axis=1)
 
 
+def weight_context(context, weights):
+    """kohya's weighted captions in training: each context position (B, 75k+2, ctx) times its weight (B, 75k+2);
+    no mean restoring (gen_img's prompt weighting restores it, training does not). Graph ops, explicit
+    broadcast (see ARCHITECTURE.md pitfalls)."""
+    weights = ops.cast(ops.expand_dims(weights, -1), context.dtype)
+    return context * ops.broadcast_to(weights, context.shape)
+
+
 class TextConditioner(nn.Cell):
     """`construct(ids_1 (B, 77k) int32, ids_2=None) -> (context (B, 75k+2, ctx), pooled (B, P) or None)`.
 

@@ -1,86 +1,26 @@
 """The `ss_*` training metadata kohya's train_network writes into a LoRA file (reference section 5.7).
 
-Everything is gathered once at the start of training (`TrainingMetadata.start`), and each save adds what
-changes (steps, epoch, finish time). Keys that have no meaning here (fp8, validation, huber) are left out.
+Everything is gathered once at the start of training (`TrainingMetadata.__init__`), and each save adds what
+changes (steps, epoch, finish time) and the modelspec.* keys. Keys that have no meaning here (fp8, validation,
+huber) are left out. The dataset keys come from library/data/metadata.py.
 """
-import collections
+import json
 import os
 import random
 import time
 
-from ..formats.lora import base_model_version, checkpoint_hashes, lora_metadata, lora_modelspec
+from ..data.metadata import training_metadata
+from ..formats.lora import base_model_version, checkpoint_hashes, lora_metadata
+from ..training.model_spec import model_spec_metadata
+from .network_args import network_args_as_written
 
 NETWORK_MODULE = "networks.lora"
-
-
-def _subset_entry(subset, items):
-    images = [i for i in items if i.subset is subset]
-    return {
-        "img_count": len(images), "num_repeats": subset.num_repeats, "color_aug": subset.color_aug,
-        "flip_aug": subset.flip_aug, "random_crop": subset.random_crop, "shuffle_caption": subset.shuffle_caption,
-        "keep_tokens": subset.keep_tokens, "keep_tokens_separator": subset.keep_tokens_separator,
-        "secondary_separator": subset.secondary_separator, "enable_wildcard": subset.enable_wildcard,
-        "caption_prefix": subset.caption_prefix, "caption_suffix": subset.caption_suffix,
-        "resize_interpolation": subset.resize_interpolation,
-        "image_dir": os.path.basename(os.path.normpath(subset.image_dir)) if subset.image_dir else None,
-        "class_tokens": subset.class_tokens, "is_reg": subset.is_reg,
-    }
-
-
-def tag_frequency(items):
-    """{image folder name: {tag: count}} over caption tags (comma separated), as kohya's ss_tag_frequency."""
-    frequency = collections.defaultdict(collections.Counter)
-    for item in items:
-        folder = os.path.basename(os.path.dirname(item.path))
-        for tag in (item.caption or "").split(","):
-            tag = tag.strip()
-            if tag:
-                frequency[folder][tag] += 1
-    return {folder: dict(counts) for folder, counts in frequency.items()}
-
-
-def _reg_images(items):
-    """kohya counts reg images before balancing them to the train images (subset repeats, not item repeats)."""
-    return sum(item.subset.num_repeats for item in items if item.is_reg)
-
-
-def dataset_metadata(group):
-    """ss_datasets, ss_tag_frequency, ss_dataset_dirs and the image counts for a DatasetGroup."""
-    datasets, all_items, dirs = [], [], {}
-    for dataset in group.datasets:
-        params, items = dataset.params, dataset.items
-        all_items.extend(items)
-        subsets = []
-        for subset in {id(i.subset): i.subset for i in items}.values():
-            subsets.append(_subset_entry(subset, items))
-            if subset.image_dir:
-                name = os.path.basename(os.path.normpath(subset.image_dir))
-                dirs[name] = {"n_repeats": subset.num_repeats,
-                              "img_count": sum(1 for i in items if i.subset is subset)}
-        datasets.append({
-            "is_dreambooth": True, "batch_size_per_device": params.batch_size,
-            "num_train_images": dataset.num_train_images, "num_reg_images": _reg_images(items),
-            "resolution": list(params.resolution) if params.resolution else None,
-            "enable_bucket": params.enable_bucket, "min_bucket_reso": params.min_bucket_reso,
-            "max_bucket_reso": params.max_bucket_reso, "tag_frequency": tag_frequency(items),
-            "bucket_info": {"buckets": {str(i): {"resolution": list(reso), "count": count}
-                                        for i, (reso, count) in enumerate(dataset.bucket_table())},
-                            "mean_img_ar_error": dataset.mean_ar_error},
-            "subsets": subsets,
-        })
-    first = group.datasets[0].params if group.datasets else None
-    return {
-        "num_train_images": group.num_train_images, "num_reg_images": _reg_images(all_items),
-        "datasets": datasets, "tag_frequency": tag_frequency(all_items), "dataset_dirs": dirs,
-        "resolution": str(tuple(first.resolution)) if first and first.resolution else None,
-        "batch_size_per_device": first.batch_size if first else None,
-    }
 
 
 class TrainingMetadata:
     """Collects kohya's ss_* values for one training run."""
 
-    def __init__(self, args, spec, network, group, steps_per_epoch, total_steps, network_args):
+    def __init__(self, args, spec, network, group, steps_per_epoch, total_steps):
         self.args = args
         self.spec = spec
         a = args
@@ -98,7 +38,6 @@ class TrainingMetadata:
             "lr_warmup_steps": a.lr_warmup_steps, "lr_scheduler": a.lr_scheduler,
             "network_module": NETWORK_MODULE, "network_dim": network.network_dim,
             "network_alpha": network.network_alpha, "network_dropout": a.network_dropout,
-            "network_args": {k: str(v) for k, v in network_args.items()},
             "mixed_precision": a.mixed_precision, "full_fp16": False, "v2": spec.family == "sd2",
             "base_model_version": base_model_version(spec.family, v_prediction),
             "v_parameterization": v_prediction, "clip_skip": a.clip_skip, "max_token_length": a.max_token_length,
@@ -120,17 +59,18 @@ class TrainingMetadata:
         if a.vae:
             self.values.update({"vae_name": os.path.basename(a.vae), "vae_hash": vae_hash,
                                 "new_vae_hash": new_vae_hash})
-        self.values.update(dataset_metadata(group))
-        first = group.datasets[0].params.resolution if group.datasets else None
-        self.resolution = tuple(first) if first else spec.resolution
+        network_args = network_args_as_written(a.network_args)
+        if network_args:  # kohya: the key=value strings as given (+ its dropout default), omitted when none
+            if not a.dim_from_weights:
+                network_args.setdefault("dropout", a.network_dropout)
+            self.values["network_args"] = json.dumps(network_args)
+        world = group.datasets[0].world if group.datasets else 1
+        self.values.update(training_metadata(group, a, a.train_batch_size * world * a.gradient_accumulation_steps))
 
     def for_save(self, step, epoch):
         a = self.args
         values = dict(self.values, steps=step, epoch=epoch, training_finished_at=time.time())
         metadata = lora_metadata(values, minimal=a.no_metadata)
-        extra = {k: getattr(a, f"metadata_{k}", None) for k in ("author", "description", "license", "tags")}
-        metadata.update(lora_modelspec(self.spec.family, title=a.metadata_title or a.output_name,
-                                       resolution=self.resolution, prediction_type=self.spec.prediction_type,
-                                       clip_skip=a.clip_skip, extra=extra))
+        metadata.update(model_spec_metadata(a, self.spec, "lora"))
         return metadata
 

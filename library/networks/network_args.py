@@ -9,25 +9,35 @@ _UNSUPPORTED = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alp
                 "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold")
 
 
+def _pairs(items):
+    """(key, value text) pairs from ['conv_dim=4', ...], a dict, or one 'k=v;k2=v2' string."""
+    if items is None:
+        return []
+    if isinstance(items, dict):
+        return list(items.items())
+    if isinstance(items, str):
+        items = items.split(";")
+    pairs = []
+    for item in items:
+        for piece in str(item).split(";"):
+            piece = piece.strip()
+            if not piece:
+                continue
+            if "=" not in piece:
+                raise UserError(f"--network_args: '{piece}' is not key=value (e.g. conv_dim=4)")
+            key, value = piece.split("=", 1)
+            pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def network_args_as_written(items):
+    """{key: value as the user wrote it}: what kohya stores in ss_network_args (no typing, no defaults)."""
+    return {key: value if isinstance(value, str) else str(value) for key, value in _pairs(items)}
+
+
 def parse_network_args(items):
     """['conv_dim=4', 'conv_alpha=1'] (or a dict, or one 'k=v;k2=v2' string) -> typed dict."""
-    if items is None:
-        return {}
-    if isinstance(items, dict):
-        pairs = list(items.items())
-    else:
-        if isinstance(items, str):
-            items = items.split(";")
-        pairs = []
-        for item in items:
-            for piece in str(item).split(";"):
-                piece = piece.strip()
-                if not piece:
-                    continue
-                if "=" not in piece:
-                    raise UserError(f"--network_args: '{piece}' is not key=value (e.g. conv_dim=4)")
-                key, value = piece.split("=", 1)
-                pairs.append((key.strip(), value.strip()))
+    pairs = _pairs(items)
     parsed = {}
     for key, value in pairs:
         if key in _UNSUPPORTED:

@@ -81,8 +81,7 @@ class LoRATraining(DiffusionMethod):
     def attach_metadata(self, group, steps_per_epoch, total_steps):
         from .metadata import TrainingMetadata
 
-        self.metadata = TrainingMetadata(self.args, self.spec, self.network, group, steps_per_epoch, total_steps,
-                                         self.network_args)
+        self.metadata = TrainingMetadata(self.args, self.spec, self.network, group, steps_per_epoch, total_steps)
 
     # ------------------------------------------------------------------ hooks the loop calls
     def param_groups(self, lr):

@@ -45,6 +45,9 @@ def build_parser():
     s.add_argument("--karras", action="store_true", help="Karras sigmas (k-samplers and DPM-Solver)")
     s.add_argument("--steps", type=int, default=50)
     s.add_argument("--scale", type=float, default=7.5, help="classifier-free guidance scale")
+    s.add_argument("--negative_scale", type=float, default=None,
+                   help="kohya's guidance scale of the negative prompt: CFG runs against the empty prompt and the "
+                        "negative prompt is pushed away with this scale (a third UNet pass); in-prompt --nl")
     s.add_argument("--W", type=int, default=None, help="width (default: the model's resolution)")
     s.add_argument("--H", type=int, default=None, help="height (default: the model's resolution)")
     s.add_argument("--seed", type=int, default=None, help="seed of the per-image seeds (same seed, same images)")
@@ -156,7 +159,7 @@ def base_options(args, spec):
                            karras=args.karras, clip_skip=args.clip_skip, max_chunks=args.max_embeddings_multiples,
                            clip_sample=not args.no_clip_sample, original_size=original,
                            original_size_negative=original_negative, crop_top_left=(args.crop_top, args.crop_left),
-                           zero_terminal_snr=args.zero_terminal_snr)
+                           zero_terminal_snr=args.zero_terminal_snr, negative_scale=args.negative_scale)
 
 
 def _apply_precision(args, bundle):
@@ -186,7 +189,8 @@ def _hashes(args, embeddings):
 def _chunks(request, parameters):
     o = request.options
     chunks = {"parameters": parameters, "prompt": request.prompt, "seed": request.seed, "sampler": o.sampler,
-              "steps": o.steps, "scale": o.scale, "negative-prompt": request.negative_prompt or None}
+              "steps": o.steps, "scale": o.scale, "negative-prompt": request.negative_prompt or None,
+              "negative-scale": o.negative_scale}  # kohya's chunk, left out when there is none
     if o.original_size:
         chunks.update({"original-height": o.original_size[0], "original-width": o.original_size[1]})
     if o.original_size_negative:

@@ -69,3 +69,23 @@ class GuidedUNetStep(nn.Cell):
         out = ops.cast(self.unet(ops.concat((x, x), axis=0), t, context, text_embeds, time_ids), ms.float32)
         uncond, cond = ops.split(out, x.shape[0], axis=0)
         return uncond + scale * (cond - uncond)
+
+
+class NegativeScaleUNetStep(nn.Cell):
+    """kohya gen_img's `--negative_scale` / `--nl`: `construct(x, t, context, scale, negative_scale,
+    text_embeds=None, time_ids=None)`.
+
+    The UNet runs once on [x; x; x] against the [negative; cond; uncond] context, uncond being the empty
+    prompt, and the parts combine as uncond + scale * (cond - uncond) - negative_scale * (negative - uncond):
+    the negative prompt gets its own scale instead of standing in for the unconditional prediction. A graph
+    of its own, so plain CFG (GuidedUNetStep) keeps its graph; both scales are inputs.
+    """
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def construct(self, x, t, context, scale, negative_scale, text_embeds=None, time_ids=None):
+        out = ops.cast(self.unet(ops.concat((x, x, x), axis=0), t, context, text_embeds, time_ids), ms.float32)
+        negative, cond, uncond = ops.split(out, x.shape[0], axis=0)
+        return uncond + scale * (cond - uncond) - negative_scale * (negative - uncond)

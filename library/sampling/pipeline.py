@@ -5,6 +5,7 @@ CLI groups prompts that way, as kohya's gen_img does). Every image has its own s
 and the ancestral samplers' per-step noise come from its own generator, so an image does not depend on the
 batch it was made in.
 """
+import logging
 from dataclasses import dataclass, field
 
 import mindspore as ms
@@ -16,11 +17,13 @@ from ..errors import UserError
 from ..models.bundle import graph_structure_key
 from ..models.text_conditioning import size_embedding_inputs
 from ..models.vae import VAEDecode
-from .compiled import GuidedUNetStep, run_graph
+from .compiled import GuidedUNetStep, NegativeScaleUNetStep, run_graph
 from .denoiser import make_model_fn
-from .text_encoding import DEFAULT_MAX_CHUNKS, count_chunks, encode_prompt_pairs, encode_texts
+from .text_encoding import DEFAULT_MAX_CHUNKS, count_chunks, encode_prompt_pairs, encode_texts, \
+    encode_with_real_uncond
 
 LATENT_FACTOR = 8
+log = logging.getLogger("sdms.sampling")
 
 
 @dataclass
@@ -40,7 +43,20 @@ class SamplingOptions:
     original_size_negative: tuple = None  # SDXL, for the uncond half; default = original_size
     crop_top_left: tuple = (0, 0)  # SDXL --crop_top / --crop_left
     zero_terminal_snr: bool = False
+    negative_scale: float = None  # --negative_scale / --nl: the negative prompt's own guidance scale
     extra: dict = field(default_factory=dict)
+
+    @property
+    def guided(self):
+        return self.scale > 1.0
+
+    @property
+    def guidance(self):
+        """"plain" (no CFG), "cfg", or "negative_scale" (kohya: CFG against the empty prompt, the negative
+        prompt with its own scale; only with CFG on)."""
+        if not self.guided:
+            return "plain"
+        return "cfg" if self.negative_scale is None else "negative_scale"
 
 
 class Pipeline:
@@ -66,9 +82,15 @@ class Pipeline:
             self._compiled[role] = entry
         return entry[1]
 
-    def unet_step(self, guided):
-        """The compiled GuidedUNetStep for the UNet as it is now."""
+    def unet_step(self, guidance):
+        """The compiled UNet step for the UNet as it is now: guidance "plain", "cfg" or "negative_scale" (a
+        bool is read as cfg / plain)."""
+        if isinstance(guidance, bool):
+            guidance = "cfg" if guidance else "plain"
         unet = self.bundle.unet
+        if guidance == "negative_scale":
+            return self._cell(("unet", guidance), unet, lambda: NegativeScaleUNetStep(unet))
+        guided = guidance == "cfg"
         return self._cell(("unet", guided), unet, lambda: GuidedUNetStep(unet, guided))
 
     def decode(self, latents):
@@ -80,11 +102,16 @@ class Pipeline:
         return np.clip(pixels / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
 
     def conditioning(self, prompts, negative_prompts, options: SamplingOptions):
-        """(context, text_embeds or None, time_ids or None) in the [uncond; cond] layout the UNet step uses."""
-        guided = options.scale > 1.0
+        """(context, text_embeds or None, time_ids or None) in the layout the UNet step uses: [uncond; cond]
+        with CFG, [negative; cond; uncond] with a negative scale, cond alone without guidance."""
+        guided = options.guided
+        three_parts = options.guidance == "negative_scale"
         chunks = count_chunks(self.bundle, list(prompts) + (list(negative_prompts) if guided else []),
                               options.max_chunks)
-        if guided:  # negatives and prompts in one text-encoder call
+        if three_parts:
+            context, pooled = encode_with_real_uncond(self.bundle, negative_prompts, prompts, chunks,
+                                                      options.clip_skip)
+        elif guided:  # negatives and prompts in one text-encoder call
             context, pooled = encode_prompt_pairs(self.bundle, negative_prompts, prompts, chunks, options.clip_skip)
         else:
             context, pooled = encode_texts(self.bundle, prompts, chunks, options.clip_skip)
@@ -95,8 +122,10 @@ class Pipeline:
             time_ids = np.repeat(size_embedding_inputs(original, options.crop_top_left, target), len(prompts), axis=0)
             if guided:
                 original_neg = tuple(options.original_size_negative or original)
-                neg_ids = size_embedding_inputs(original_neg, options.crop_top_left, target)
-                time_ids = np.concatenate([np.repeat(neg_ids, len(prompts), axis=0), time_ids])
+                neg_ids = np.repeat(size_embedding_inputs(original_neg, options.crop_top_left, target), len(prompts),
+                                    axis=0)
+                # the empty-prompt part of a negative scale is unconditional too: the negative size inputs
+                time_ids = np.concatenate([neg_ids, time_ids] + ([neg_ids] if three_parts else []))
         return context, pooled, time_ids
 
     def latents(self, prompts, negative_prompts, seeds, options: SamplingOptions, initial_latents=None):
@@ -106,9 +135,13 @@ class Pipeline:
         width, height = int(options.width), int(options.height)
         if width % LATENT_FACTOR or height % LATENT_FACTOR:
             raise UserError(f"image size {width}x{height}: width and height must be multiples of 8")
+        if options.negative_scale is not None and not options.guided:
+            log.warning("negative scale %s is ignored: the CFG scale %s is <= 1 (no guidance), as in kohya's "
+                        "gen_img", options.negative_scale, options.scale)
         context, pooled, time_ids = self.conditioning(prompts, negative_prompts, options)
-        guided = options.scale > 1.0
-        model = make_model_fn(self.unet_step(guided), context, options.scale, pooled, time_ids)
+        guidance = options.guidance
+        model = make_model_fn(self.unet_step(guidance), context, options.scale, pooled, time_ids,
+                              negative_scale=options.negative_scale if guidance == "negative_scale" else None)
         noise = samplers.PerImageNoise(seeds)
         shape = (len(prompts), self.bundle.spec.unet.get("in_channels", 4),
                  height // LATENT_FACTOR, width // LATENT_FACTOR)

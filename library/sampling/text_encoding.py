@@ -8,23 +8,11 @@ contexts have the same length.
 """
 import numpy as np
 
-from ..models.text_conditioning import CHUNK_LENGTH, CONTENT_PER_CHUNK, encode_prompts
-from ..text.chunking import chunks_needed, tokenize_weighted
+from ..models.text_conditioning import encode_prompts
+from ..text.chunking import chunks_needed, join_chunk_weights, tokenize_weighted
 from .compiled import run_graph
 
 DEFAULT_MAX_CHUNKS = 3
-
-
-def join_chunk_weights(weights, num_chunks):
-    """(B, 77k) per-id weights -> (B, 75k + 2) per context position, joined as the encoder joins chunks."""
-    if num_chunks == 1:
-        return weights
-    parts = [weights[:, :1]]
-    for chunk in range(num_chunks):
-        start = chunk * CHUNK_LENGTH + 1
-        parts.append(weights[:, start:start + CONTENT_PER_CHUNK])
-    parts.append(weights[:, -1:])
-    return np.concatenate(parts, axis=1)
 
 
 def apply_weights(context, weights):
@@ -75,6 +63,21 @@ def encode_prompt_pairs(bundle, negatives, prompts, num_chunks, clip_skip=None):
     context = np.concatenate([neg_context, context[count:]])
     if pooled is not None:
         pooled = np.concatenate([neg_pooled, pooled[count:]])
+    return context, pooled
+
+
+def encode_with_real_uncond(bundle, negatives, prompts, num_chunks, clip_skip=None):
+    """[negatives; prompts; empty prompts] in one text-encoder call: the context of kohya's --negative_scale,
+    where the empty prompt (same chunk count) is the unconditional part. Empty negatives and the empty
+    prompts are zeros on SDXL, as in encode_negatives."""
+    negatives, prompts = list(negatives), list(prompts)
+    empties = [""] * len(prompts)
+    context, pooled = encode_texts(bundle, negatives + prompts + empties, num_chunks, clip_skip)
+    unconditional = negatives + [None] * len(prompts) + empties  # None: a prompt, never zeroed
+    empty = np.array([text is not None and not text for text in unconditional])
+    if bundle.spec.family == "sdxl":
+        context[empty] = 0.0
+        pooled[empty] = 0.0
     return context, pooled
 
 

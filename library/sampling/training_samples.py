@@ -4,6 +4,7 @@
 {idx:02d}_{YYYYmmddHHMMSS}[_{seed}].png`. Defaults as kohya: 30 steps, CFG 7.5, sampler ddim (with x0
 clamping); the default size is the model's own resolution (kohya: 512 whatever the model).
 """
+import logging
 import random
 
 from ..diffusion.prompt_file import load_prompt_file, resolve_prompt_settings
@@ -13,6 +14,7 @@ from .embeddings import expand_prompt
 from .pipeline import Pipeline, SamplingOptions, to_uint8
 from .png_output import a1111_parameters, sample_file_name, save_png, timestamp
 
+log = logging.getLogger("sdms.sampling")
 _PIPELINES = {}  # id(bundle) -> (bundle, Pipeline): the compiled UNet/VAE Cells are reused between calls
 
 
@@ -83,6 +85,10 @@ class TrainingSampler:
             settings = resolve_prompt_settings(entry, sampler=sampler, width=size, height=size)
             check_sample_settings(settings["width"], settings["height"], settings["sample_sampler"], bundle.spec,
                                   f"--sample_prompts {args.sample_prompts}: prompt {settings['prompt']!r}")
+            if entry.get("negative_scale") is not None:  # kohya's training samples do not read --nl either
+                log.warning("--sample_prompts %s: prompt %r: --nl (negative scale) is ignored in training samples, "
+                            "as in kohya's trainers; gen_img.py applies it", args.sample_prompts,
+                            settings["prompt"])
 
     def __call__(self, step=None, epoch=None):
         args = self.args

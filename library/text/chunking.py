@@ -96,6 +96,30 @@ def tokenize_weighted(tokenizer, texts, num_chunks):
     return np.asarray(all_ids, np.int32).reshape(shape), np.asarray(all_weights, np.float32).reshape(shape)
 
 
+def join_chunk_weights(weights, num_chunks):
+    """(B, 77k) per-id weights -> (B, 75k + 2) per context position, joined as the encoder joins chunks."""
+    if num_chunks == 1:
+        return weights
+    parts = [weights[:, :1]]
+    for chunk in range(num_chunks):
+        start = chunk * CHUNK_LENGTH + 1
+        parts.append(weights[:, start:start + CHUNK_CONTENT])
+    parts.append(weights[:, -1:])
+    return np.concatenate(parts, axis=1)
+
+
+def tokenize_weighted_captions(tokenizers, captions, num_chunks):
+    """kohya's --weighted_captions: the final captions read with (word:1.2) syntax -> ([(B, 77k) int32 ids per
+    tokenizer], (B, 75k + 2) float32 weights per context position). One weight row serves both SDXL encoders:
+    they share the BPE, so their content tokens and weights are the same."""
+    ids, weights = [], None
+    for tokenizer in tokenizers:
+        tokenizer_ids, tokenizer_weights = tokenize_weighted(tokenizer, list(captions), num_chunks)
+        ids.append(tokenizer_ids)
+        weights = tokenizer_weights if weights is None else weights
+    return ids, join_chunk_weights(weights, num_chunks)
+
+
 def make_tokenize_fn(tokenizers, max_token_length=None):
     """The `tokenize(captions) -> [ (B, 77*k) int32 per tokenizer ]` callable library/data uses."""
     num_chunks = chunks_for_max_token_length(max_token_length)

@@ -11,6 +11,7 @@ from ..diffusion.schedule import make_schedule
 from ..diffusion.training import DiffusionTargets
 from ..models.precision import apply_mixed_precision_to_models
 from ..models.text_conditioning import TextConditioner
+from ..text.chunking import tokenize_weighted_captions
 from .loss_scale import DynamicLossScale
 from .objective import DiffusionObjective
 
@@ -41,7 +42,10 @@ class DiffusionMethod:
         targets = DiffusionTargets(make_schedule(zero_terminal_snr=getattr(args, 'zero_terminal_snr', False)),
                                    v_prediction=self.v_prediction,
                                    min_snr_gamma=args.min_snr_gamma)
-        self.objective = DiffusionObjective(self.bundle.unet, conditioner, targets, self.sdxl)
+        self.num_chunks = num_chunks
+        self.weighted_captions = bool(getattr(args, "weighted_captions", False))
+        self.objective = DiffusionObjective(self.bundle.unet, conditioner, targets, self.sdxl,
+                                            weighted_captions=self.weighted_captions)
         # kohya's weight_dtype: the frozen UNet and text encoders compute in fp16/bf16 (norms, softmax and the
         # loss in fp32); parameters stay fp32 masters, so trained rows / LoRA weights update in fp32. The VAE
         # only encodes latents outside the step and stays fp32.
@@ -55,7 +59,10 @@ class DiffusionMethod:
         return [{"params": list(self.trainable.values()), "lr": lr}]
 
     def step_inputs(self, batch, latents, noise, timesteps):
-        ids = batch["input_ids"]
+        ids, caption_weights = batch["input_ids"], None
+        if self.weighted_captions:  # kohya re-tokenizes the final captions, reading their (word:1.2) weights
+            ids, caption_weights = tokenize_weighted_captions(self.bundle.tokenizers, batch["captions"],
+                                                              self.num_chunks)
         ids1 = Tensor(np.asarray(ids[0], np.int32))
         ids2 = Tensor(np.asarray(ids[1], np.int32)) if self.sdxl else ids1
         b = latents.shape[0]
@@ -65,8 +72,11 @@ class DiffusionMethod:
         else:
             time_ids = np.zeros((b, 6), np.float32)
         weights = np.asarray(batch["loss_weights"], np.float32)
-        return (Tensor(latents), Tensor(noise), Tensor(timesteps.astype(np.int32)), Tensor(weights),
-                ids1, ids2, Tensor(time_ids))
+        inputs = (Tensor(latents), Tensor(noise), Tensor(timesteps.astype(np.int32)), Tensor(weights),
+                  ids1, ids2, Tensor(time_ids))
+        if caption_weights is not None:
+            inputs += (Tensor(np.asarray(caption_weights, np.float32)),)
+        return inputs
 
     def checkpoint_stem(self):
         path = self.args.pretrained_model_name_or_path or ""

@@ -11,6 +11,7 @@ from ..config.console_log import add_logging_arguments, setup_logging
 from ..config.kohya_options import add_kohya_options, apply_kohya_options
 from .args import (add_model_arguments, add_training_arguments, add_optimizer_arguments, add_sample_arguments,
                    normalise_warmup)
+from .model_spec import add_model_spec_arguments, check_model_spec_arguments
 
 log = logging.getLogger("sdms.training")
 
@@ -25,6 +26,7 @@ def build_parser(description, support_dropout, add_method_arguments, script=None
     add_optimizer_arguments(parser)
     add_sample_arguments(parser)
     add_method_arguments(parser)
+    add_model_spec_arguments(parser)
     add_config_file_arguments(parser)
     add_logging_arguments(parser)
     if script:
@@ -50,6 +52,7 @@ def parse_arguments(parser, argv):
         raise UserError(f"--max_train_epochs must be >= 1, got {args.max_train_epochs}")
     if args.learning_rate is not None and args.learning_rate < 0:
         raise UserError(f"--learning_rate must be >= 0, got {args.learning_rate}")
+    check_model_spec_arguments(args)
     if args.seed is None and args.resume:
         args.seed = resumed_seed(args.resume)
     if args.seed is None:

@@ -69,10 +69,10 @@ class TextualInversion(DiffusionMethod):
         return [encoder.new_token_rows() for encoder in self.bundle.text_encoders]
 
     def save(self, path, step, epoch):
-        from ..formats.embeddings import save_embedding, modelspec_metadata
+        from ..formats.embeddings import save_embedding
+        from .model_spec import model_spec_metadata
 
-        metadata = modelspec_metadata(self.spec.family, self.args.output_name, self.spec.resolution,
-                                      self.spec.prediction_type, self.args.clip_skip)
+        metadata = model_spec_metadata(self.args, self.spec, "textual_inversion")
         save_embedding(path, self.spec.family, self.vectors(), self.token_string, metadata=metadata,
                        save_precision=self.args.save_precision or "fp32", step=step,
                        sd_checkpoint_name=self.checkpoint_stem())
