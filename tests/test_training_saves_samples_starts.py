@@ -7,8 +7,10 @@ import glob
 import math
 import os
 
+import mindspore as ms
 import numpy as np
 import pytest
+from mindspore import ops
 
 from library.errors import UserError
 from library.formats.safetensors_io import read_safetensors
@@ -388,3 +390,31 @@ def test_validation_split_in_the_dataset_config_is_checked_before_loading(tmp_pa
                       encoding="utf-8")
     toy_args(tmp_path, "--dataset_config", str(config), "--validate_every_n_steps", "5")
     assert "--validate_every_n_steps: no effect, no dataset holds images out for validation" in caplog.text
+
+
+class DropoutObjective(ToyMethod().objective.__class__):
+    """The toy objective with a dropout on the prediction while training (as LoRA's network dropout)."""
+
+    def construct(self, latents, noise, timesteps, loss_weights):
+        prediction = latents * self.weight.reshape((1, 4, 1, 1))
+        if self.training:
+            prediction = ops.dropout(prediction, p=0.5)
+        per_sample = ops.mean((prediction - noise) ** 2, axis=(1, 2, 3))
+        return ops.mean(per_sample * loss_weights * (1.0 + ops.cast(timesteps, ms.float32) / 1000.0))
+
+
+def test_validation_runs_with_dropout_off_and_training_keeps_it(tmp_path):
+    method = ToyMethod()
+    method.objective = DropoutObjective(method.weight)
+    loop = run(tmp_path, "--max_train_steps", "3", "--validate_every_n_steps", "1", "--learning_rate", "0",
+               method=method, validation=ValidationData(), logs=tmp_path / "logs")
+    rows = logged(tmp_path / "logs")
+    # lr 0: the weights never change, so every validation (dropout off, fixed noise) gives the same loss...
+    assert len({r["val_loss"] for r in rows}) == 1
+    expected = reference_validation_loss(method.weight.asnumpy(), ValidationData(), 1, [200, 400, 600, 800], 3)
+    assert float(rows[0]["val_loss"]) == pytest.approx(expected, rel=1e-5)
+    # ...and the training step still drops (back in training mode after each validation)
+    assert loop.runner.cells()[0].training and method.objective.training
+    plain = ToyMethod()
+    run(tmp_path / "plain", "--max_train_steps", "3", "--learning_rate", "0", method=plain, logs=tmp_path / "plain_logs")
+    assert [r["loss"] for r in rows] != [r["loss"] for r in logged(tmp_path / "plain_logs")]

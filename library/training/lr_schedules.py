@@ -139,6 +139,11 @@ def check_scheduler_options(args):
         for key in ("warmup_type", "decay_type"):
             if key in kwargs and kwargs[key] not in WSD_SHAPES:
                 raise UserError(f"--lr_scheduler_args {key}={kwargs[key]!r}: expected one of {', '.join(WSD_SHAPES)}")
+    if name == "polynomial" and args.learning_rate is not None and not args.scale_lr:
+        lr_end = float(kwargs.get("lr_end", 1e-7))
+        if not args.learning_rate > lr_end:
+            raise UserError(f"--lr_scheduler polynomial: --learning_rate {args.learning_rate} must be greater than "
+                            f"lr_end ({lr_end}, transformers' default 1e-7); set --lr_scheduler_args lr_end=...")
     if args.lr_scheduler_min_lr_ratio is not None and not 0 <= args.lr_scheduler_min_lr_ratio <= 1:
         raise UserError(f"--lr_scheduler_min_lr_ratio must be in [0, 1], got {args.lr_scheduler_min_lr_ratio}")
     if args.lr_scheduler_timescale is not None and args.lr_scheduler_timescale < 1:
