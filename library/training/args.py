@@ -127,8 +127,8 @@ def add_network_trainer_arguments(parser):
     """Options kohya's train_network has and its textual-inversion trainers do not."""
     g = parser.add_argument_group("starting step")
     g.add_argument("--initial_epoch", type=int, default=None,
-                   help="epoch to start at (1 = the first); counts only: the lr schedule starts from its beginning "
-                        "without --resume")
+                   help="epoch to start at (1 = the first), see --skip_until_initial_step; the lr schedule is "
+                        "not moved (it starts from its beginning without --resume)")
     g.add_argument("--initial_step", type=int, default=None,
                    help="step to start at, over all epochs (0 = the first); overrides --initial_epoch")
     g.add_argument("--skip_until_initial_step", action="store_true",
