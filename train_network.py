@@ -16,6 +16,7 @@ from library.training.preflight import check_before_loading
 
 def add_network_arguments(parser):
     from library.networks import NETWORK_MODULE_NAMES
+    from library.training.args import add_network_trainer_arguments
 
     g = parser.add_argument_group("network (LoRA)")
     g.add_argument("--network_module", type=str, default="networks.lora",
@@ -49,6 +50,7 @@ def add_network_arguments(parser):
     d.add_argument("--class_sample_steps", type=int, default=30, help="sampler steps per class image")
     d.add_argument("--class_guidance_scale", type=float, default=7.5, help="CFG scale for class images")
     d.add_argument("--sample_batch_size", type=int, default=1, help="class images generated per batch")
+    add_network_trainer_arguments(parser)  # --initial_step/--initial_epoch, validation loss
 
 
 def build_parser():
@@ -115,15 +117,22 @@ def main(argv):
                               family=bundle.spec.family, blueprint=blueprint)
     check_sizes_fit_model(data, bundle.spec)
     warn_weighted_captions_with_shuffling(args, data)
+    validation = session.build_validation_data(args, bundle.tokenizers, support_dropout=True,
+                                               family=bundle.spec.family)
+    if validation is not None:
+        check_sizes_fit_model(validation, bundle.spec)
     if args.debug_dataset:
         session.print_dataset(data, bundle)
+        if validation is not None:
+            print("validation dataset:")
+            session.print_dataset(validation, bundle)
         return 0
 
     method = LoRATraining(args, bundle)
     total, steps_per_epoch = total_steps(args, len(data), world.size)
     method.attach_metadata(data, steps_per_epoch, total)
     sample_fn = session.make_sample_fn(args, bundle)
-    saved = session.run_training(args, bundle, data, method, world, sample_fn)
+    saved = session.run_training(args, bundle, data, method, world, sample_fn, validation)
     if saved is None and world.is_main:
         return 130
     if world.is_main:

@@ -79,9 +79,9 @@ def _check_dataset(params, where):
     if params.batch_size < 1:
         raise UserError(f"{where}: batch_size must be >= 1, got {params.batch_size}")
     if not 0.0 <= params.validation_split < 1.0:
-        log.warning("%s: validation_split %s is outside [0, 1); no validation split", where,
-                    params.validation_split)
-        params.validation_split = 0.0
+        # kohya warns and skips the split (and 1.0 leaves nothing to train): a wrong number is a mistake here
+        raise UserError(f"{where}: validation_split must be >= 0 and < 1 (the fraction of each subset's images "
+                        f"held out for validation), got {params.validation_split}")
     if not params.enable_bucket:
         return
     steps = params.bucket_reso_steps

@@ -46,11 +46,6 @@ PENDING_FROM_OTHER_BRANCHES = frozenset({
     "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "zero_terminal_snr", "multires_noise_iterations",
     "multires_noise_discount", "ip_noise_gamma", "ip_noise_gamma_random_strength", "adaptive_noise_scale",
     "masked_loss", "conditioning_data_dir",
-    # schedules / saves / validation (ws-sched)
-    "lr_scheduler_type", "lr_scheduler_args", "lr_decay_steps", "lr_scheduler_min_lr_ratio",
-    "lr_scheduler_timescale", "initial_epoch", "initial_step", "skip_until_initial_step",
-    "save_last_n_epochs_state", "save_last_n_steps_state", "save_n_epoch_ratio", "validation_seed",
-    "validation_split", "validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps",
 })
 # ---------------------------------------------------------------------------------------------------------
 

@@ -3,8 +3,25 @@
 Aliases accept the names diffusers and mindone users type (e.g. `--total_step`); trainer-specific options
 live in the trainer scripts.
 """
+import argparse
+
+from .lr_scheduler_classes import TORCH_SCHEDULERS
 from .lr_schedules import SCHEDULERS
 from .optimizers import SUPPORTED as OPTIMIZERS
+
+
+def int_or_float(value):
+    """kohya's type of --lr_warmup_steps / --lr_decay_steps: a step count (integer >= 1), a fraction (< 1) of the
+    total steps, or a percentage ("5%")."""
+    text = str(value).strip()
+    try:
+        if text.endswith("%"):
+            return float(text[:-1]) / 100.0
+        number = float(text)
+        return int(text) if number >= 1 else number
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a step count (integer), a fraction < 1 or a "
+                                         f"percentage") from None
 
 
 def add_model_arguments(parser):
@@ -31,8 +48,17 @@ def add_training_arguments(parser):
     g.add_argument("--save_precision", type=str, default=None, choices=[None, "float", "fp16", "bf16"])
     g.add_argument("--save_every_n_epochs", type=int, default=None)
     g.add_argument("--save_every_n_steps", type=int, default=None)
-    g.add_argument("--save_last_n_epochs", type=int, default=None)
-    g.add_argument("--save_last_n_steps", type=int, default=None)
+    g.add_argument("--save_n_epoch_ratio", type=int, default=None,
+                   help="save every floor(epochs / N) epochs (at least N files in all; overrides "
+                        "--save_every_n_epochs)")
+    g.add_argument("--save_last_n_epochs", type=int, default=None,
+                   help="with --save_every_n_epochs: remove the file saved N saves earlier")
+    g.add_argument("--save_last_n_epochs_state", type=int, default=None,
+                   help="as --save_last_n_epochs, for the state folders (default: --save_last_n_epochs)")
+    g.add_argument("--save_last_n_steps", type=int, default=None,
+                   help="with --save_every_n_steps: remove files saved more than N steps earlier")
+    g.add_argument("--save_last_n_steps_state", type=int, default=None,
+                   help="as --save_last_n_steps, for the state folders (default: --save_last_n_steps)")
     g.add_argument("--save_state", action="store_true", help="also save a resumable training state with each save")
     g.add_argument("--save_state_on_train_end", action="store_true")
     g.add_argument("--resume", type=str, default=None, help="a state folder written by --save_state")
@@ -71,10 +97,20 @@ def add_optimizer_arguments(parser):
                    help="multiply the learning rate by batch size x accumulation steps x workers (diffusers/mindone)")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
     g.add_argument("--lr_scheduler", type=str, default="constant", help=f"one of {', '.join(SCHEDULERS)}")
-    g.add_argument("--lr_warmup_steps", type=float, default=0,
+    g.add_argument("--lr_scheduler_type", type=str, default="",
+                   help=f"a torch.optim.lr_scheduler class instead of --lr_scheduler: {', '.join(TORCH_SCHEDULERS)}")
+    g.add_argument("--lr_scheduler_args", type=str, default=None, nargs="*",
+                   help="key=value arguments of the scheduler (e.g. T_max=100)")
+    g.add_argument("--lr_warmup_steps", type=int_or_float, default=0,
                    help="steps, or a fraction (< 1) of the total steps")
+    g.add_argument("--lr_decay_steps", type=int_or_float, default=0,
+                   help="decay steps of warmup_stable_decay, or a fraction (< 1) of the total steps")
     g.add_argument("--lr_scheduler_num_cycles", type=int, default=1)
     g.add_argument("--lr_scheduler_power", type=float, default=1.0)
+    g.add_argument("--lr_scheduler_timescale", type=int, default=None,
+                   help="inverse_sqrt time scale (default: the warm-up steps)")
+    g.add_argument("--lr_scheduler_min_lr_ratio", type=float, default=None,
+                   help="lowest lr as a ratio of the initial one (cosine_with_min_lr, warmup_stable_decay)")
 
 
 def add_sample_arguments(parser):
@@ -86,9 +122,39 @@ def add_sample_arguments(parser):
     g.add_argument("--sample_sampler", type=str, default="ddim")
 
 
+def add_network_trainer_arguments(parser):
+    """Options kohya's train_network has and its textual-inversion trainers do not."""
+    g = parser.add_argument_group("starting step")
+    g.add_argument("--initial_epoch", type=int, default=None,
+                   help="epoch to start at (1 = the first), see --skip_until_initial_step; the lr schedule is "
+                        "not moved (it starts from its beginning without --resume)")
+    g.add_argument("--initial_step", type=int, default=None,
+                   help="step to start at, over all epochs (0 = the first); overrides --initial_epoch")
+    g.add_argument("--skip_until_initial_step", action="store_true",
+                   help="skip the batches of the steps before --initial_step / --initial_epoch (the same data "
+                        "order as a run that trained them); the step counter starts there")
+    v = parser.add_argument_group("validation loss")
+    v.add_argument("--validation_seed", type=int, default=None,
+                   help="seed of the validation split and of the validation noise (default: --seed)")
+    v.add_argument("--validation_split", type=float, default=0.0,
+                   help="fraction of each dataset's images held out for validation (a dataset config's "
+                        "validation_split wins)")
+    v.add_argument("--validate_every_n_steps", type=int, default=None,
+                   help="validation loss every N steps (default: only at the end of each epoch)")
+    v.add_argument("--validate_every_n_epochs", type=int, default=None,
+                   help="validation loss every N epochs (default: every epoch)")
+    v.add_argument("--max_validation_steps", type=int, default=None,
+                   help="validation batches used (default: all)")
+
+
 def normalise_warmup(args):
-    """argparse reads `--lr_warmup_steps 500` as 500.0; keep integers integral (fractions < 1 stay ratios)."""
-    w = args.lr_warmup_steps
-    if w is not None and w >= 1:
-        args.lr_warmup_steps = int(w)
+    """Values from a --config_file TOML bypass argparse's type: keep step counts integral (`500.0` -> 500) and
+    fractions < 1 as ratios, for --lr_warmup_steps and --lr_decay_steps."""
+    for name in ("lr_warmup_steps", "lr_decay_steps"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            value = int_or_float(value)
+        if value is not None and value >= 1:
+            value = int(value)
+        setattr(args, name, value)
     return args

@@ -2,7 +2,8 @@
 
 A trainer supplies a `method` (what is trained and how it is saved: textual inversion or LoRA); the loop
 owns everything else: step counts, learning-rate schedule, noise and timesteps, the compiled step, saves,
-resumable states, samples, progress, NaN and Ctrl-C handling.
+resumable states, samples, validation loss, progress, NaN and Ctrl-C handling. What happens after an update
+and at the end of an epoch follows kohya's train_network: (validation loss,) samples, saves and removals.
 """
 import math
 import os
@@ -13,11 +14,15 @@ import numpy as np
 from ..errors import UserError
 from ..fileio import remove_abandoned_temp_files
 from ..diffusion.training import sample_noise, sample_timesteps
-from .lr_schedules import make_schedule
+from .lr_schedules import make_lr_schedule
 from .optimizers import build_optimizer, set_learning_rates, optimizer_state_params, parse_optimizer_args
 from .progress import TrainingProgress
-from .state import save_state, load_state, state_dir_name, prune_old
+from .saves import epoch_stem, remove_path, removed_epoch, removed_step, save_every_n_epochs, state_keep, step_stem
+from .starting_point import starting_point
+from .state import save_state, load_state, state_dir_name
 from .step import StepRunner
+from .validation import (Validator, is_epoch_validation, is_step_validation, validation_seed,
+                         validation_timesteps)
 
 
 def total_steps(args, batches_per_epoch, world_size=1):
@@ -41,9 +46,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class TrainingLoop:
-    def __init__(self, args, dataset, method, latent_source, spec, world, sample_fn=None):
+    def __init__(self, args, dataset, method, latent_source, spec, world, sample_fn=None, validation_dataset=None):
         self.args = args
         self.dataset = dataset
+        self.validation_dataset = validation_dataset
         self.method = method
         self.latent_source = latent_source
         self.spec = spec
@@ -63,31 +69,43 @@ class TrainingLoop:
         self.base_lrs = [g["lr"] for g in groups if g["params"]]
         self.total, self.steps_per_epoch = total_steps(args, len(self.dataset), self.world.size)
         self.num_epochs = math.ceil(self.total / max(1, self.steps_per_epoch))
-        self.schedule = make_schedule(args.lr_scheduler, self.total, args.lr_warmup_steps,
-                                      args.lr_scheduler_num_cycles, args.lr_scheduler_power, base_lr=lr)
+        self.save_every_n_epochs = save_every_n_epochs(args, self.num_epochs)
+        self.schedule = make_lr_schedule(args, self.total, lr, self.optimizer)
+        self.schedule(0, self.base_lrs)  # a bad per-group value (OneCycleLR max_lr list) fails here, not later
+        self.schedule_step = 0  # scheduler steps taken: the schedule's position, which --initial_step keeps
         self.runner = StepRunner(self.method.objective, self.optimizer, args.max_grad_norm,
                                  args.gradient_accumulation_steps, self.world.size, self.method.loss_scale)
         self.noise_rng = np.random.default_rng(args.seed if args.seed is not None else 0)
         self.optimizer_state = optimizer_state_params(self.optimizer)
+        self.validator = None
+        if self.validation_dataset is not None and len(self.validation_dataset):
+            self.validator = Validator(self.validation_dataset, self.method.objective, self.runner.cells(),
+                                       self.latent_source, validation_seed(args),
+                                       getattr(args, "max_validation_steps", None),
+                                       validation_timesteps(args.min_timestep, args.max_timestep))
 
     # ------------------------------------------------------------------ the loop
     def run(self):
         self._build()
         args = self.args
-        step, epoch, start_batch = 0, 0, 0
+        resumed, recent = None, None
         if args.resume:
-            step, epoch, start_batch = self._resume(args.resume)
-            self.dataset.set_step(step)  # token warm-up and caption schedules see the resumed step
-        self._set_lr(step)
+            resumed, recent = self._resume(args.resume)
+        start = starting_point(args, self.steps_per_epoch, self.total, resumed)
+        step, epoch, start_batch = start.step, start.epoch, start.batch
+        self.dataset.set_step(step)  # token warm-up and caption schedules see the starting step
+        self._set_lr()
         if self.world.is_main:  # leftovers of a run killed mid-save into this folder
             remove_abandoned_temp_files(args.output_dir, self.output_name)
         progress = TrainingProgress(self.total, step, args.logging_dir, args.log_prefix,
-                                    enabled=self.world.is_main, tensorboard=args.log_with != "none")
+                                    enabled=self.world.is_main, tensorboard=args.log_with != "none",
+                                    validation=self.validator is not None, recent=recent)
+        self.progress = progress
         self._announce(progress)
         previous_handlers = {signum: signal.signal(signum, self._on_interrupt) for signum in STOP_SIGNALS}
         try:
-            if args.sample_at_first and step == 0:
-                self._sample(step, None)
+            if args.sample_at_first:  # kohya: before the first step, resumed or not, named epoch 0
+                self._sample(step, 0)
             micro = 0
             while step < self.total and epoch < self.num_epochs:
                 self.dataset.set_epoch(epoch)
@@ -104,18 +122,20 @@ class TrainingLoop:
                     if not updated:
                         continue
                     step += 1
+                    self.schedule_step += 1
                     if hasattr(self.method, "after_update"):  # e.g. LoRA max-norm regularisation
                         self.method.after_update(step)
                     self.dataset.set_step(step)  # token warm-up counts optimizer steps
-                    progress.update(step, epoch + 1, loss, self.current_lrs, norm)
-                    self._set_lr(step)
+                    ends_epoch = last_of_epoch or step >= self.total
+                    step_loss, epoch_loss = self._validate(step, epoch + 1, ends_epoch)
+                    progress.update(step, epoch + 1, loss, self.current_lrs, norm, step_loss, epoch_loss)
+                    self._set_lr()
                     self._after_step(step, epoch, index + 1, progress)
                     if step >= self.total:
                         break
                 start_batch = 0
                 epoch += 1
-                if step < self.total:
-                    self._after_epoch(step, epoch, progress)
+                self._after_epoch(step, epoch, progress)
             self._final_save(step, epoch, progress)
         finally:
             for signum, handler in previous_handlers.items():
@@ -136,44 +156,88 @@ class TrainingLoop:
         part = slice(world.rank * latents.shape[0], (world.rank + 1) * latents.shape[0])
         return self.method.step_inputs(batch, latents.astype(np.float32), noise[part], timesteps[part])
 
-    def _set_lr(self, step):
-        """The lr for the NEXT update (update index `step`, 0-based as torch's LambdaLR)."""
-        factor = self.schedule(step)
-        self.current_lrs = [base * factor for base in self.base_lrs]
+    def _set_lr(self):
+        """The lr for the NEXT update: the schedule after `schedule_step` steps (torch's last_epoch)."""
+        self.current_lrs = self.schedule(self.schedule_step, self.base_lrs)
         set_learning_rates(self.optimizer, self.current_lrs)
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self, step, epoch, ends_epoch):
+        """kohya: a validation after the step when --validate_every_n_steps divides it, and one at the end of
+        each epoch (every --validate_every_n_epochs); both at once are the same computation, done once."""
+        if self.validator is None:
+            return None, None
+        at_step = is_step_validation(self.args, step)
+        at_epoch = ends_epoch and is_epoch_validation(self.args, epoch)
+        if not (at_step or at_epoch):
+            return None, None
+        loss = self.validator.run(self._validation_inputs)
+        return (loss if at_step else None), (loss if at_epoch else None)
+
+    def _validation_inputs(self, batch, timestep, rng):
+        """The training inputs of `batch` (same noise options), with the noise and timestep draws made from the
+        validation generator and the timestep fixed (kohya sets min_timestep = max_timestep; a draw from
+        [t, t + 1) is t)."""
+        args = self.args
+        saved = self.noise_rng, args.min_timestep, args.max_timestep
+        self.noise_rng, args.min_timestep, args.max_timestep = rng, timestep, timestep + 1
+        try:
+            return self._inputs(batch)
+        finally:
+            self.noise_rng, args.min_timestep, args.max_timestep = saved
 
     # ------------------------------------------------------------------ saves, samples, resume
     def _after_step(self, step, epoch, next_batch, progress):
         args = self.args
-        if args.save_every_n_steps and step % args.save_every_n_steps == 0 and step < self.total:
-            self._save_artifact(f"{self.output_name}-step{step:08d}", step, epoch + 1, progress)
-            prune_old(args.output_dir, f"{self.output_name}-step", args.save_last_n_steps)
-            if args.save_state:
-                self._save_state(state_dir_name(self.output_name, step=step), step, epoch, next_batch)
+        # kohya: samples (every N steps, unless samples go by epochs), then the step save, the last step too
         if args.sample_every_n_steps and not args.sample_every_n_epochs and step % args.sample_every_n_steps == 0:
             self._sample(step, None)
+        every = args.save_every_n_steps
+        if every and step % every == 0:
+            self._save_artifact(step_stem(self.output_name, step), step, epoch + 1, progress)
+            if args.save_state:
+                self._save_state(state_dir_name(self.output_name, step=step), step, epoch, next_batch)
+                old = removed_step(step, every, state_keep(args, "steps"))
+                if old is not None:
+                    self._remove(state_dir_name(self.output_name, step=old))
+            old = removed_step(step, every, args.save_last_n_steps)
+            if old is not None:
+                self._remove(step_stem(self.output_name, old) + self.method.file_extension)
         if self.stop_requested:
             path = self._save_state(state_dir_name(self.output_name, step=step), step, epoch, next_batch,
                                     force=True)
             raise KeyboardInterruptSaved(step, path)
 
     def _after_epoch(self, step, epoch, progress):
+        """epoch: the number of the epoch just finished (1-based), the last one too."""
         args = self.args
-        if args.save_every_n_epochs and epoch % args.save_every_n_epochs == 0 and epoch < self.num_epochs:
-            self._save_artifact(f"{self.output_name}-{epoch:06d}", step, epoch, progress)
+        every = self.save_every_n_epochs
+        if every and epoch % every == 0 and epoch < self.num_epochs:
+            self._save_artifact(epoch_stem(self.output_name, epoch), step, epoch, progress)
+            old = removed_epoch(epoch, every, args.save_last_n_epochs)
+            if old is not None:
+                self._remove(epoch_stem(self.output_name, old) + self.method.file_extension)
             if args.save_state:
                 self._save_state(state_dir_name(self.output_name, epoch=epoch), step, epoch, 0)
+                old = removed_epoch(epoch, every, state_keep(args, "epochs"))
+                if old is not None:
+                    self._remove(state_dir_name(self.output_name, epoch=old))
         if args.sample_every_n_epochs and epoch % args.sample_every_n_epochs == 0:
             self._sample(step, epoch)
 
     def _final_save(self, step, epoch, progress):
-        path = self._save_artifact(self.output_name, step, epoch, progress)
-        if self.args.save_state_on_train_end:
+        """kohya: the state (with --save_state or --save_state_on_train_end), then the file; no sample (the
+        last epoch's sample, if asked for, was made at its end)."""
+        if self.args.save_state or self.args.save_state_on_train_end:
             self._save_state(state_dir_name(self.output_name), step, epoch, 0)
-        if self.args.sample_every_n_steps or self.args.sample_every_n_epochs:
-            self._sample(step, epoch)
+        path = self._save_artifact(self.output_name, step, epoch, progress)
         if self.world.is_main and path:
             progress.write(f"saved {path}")
+
+    def _remove(self, name):
+        """Remove an older save (kohya's removal rules, saves.py)."""
+        if self.world.is_main:
+            remove_path(os.path.join(self.args.output_dir, name))
 
     def _save_artifact(self, stem, step, epoch, progress):
         if not self.world.is_main:
@@ -193,7 +257,10 @@ class TrainingLoop:
         # noise/timestep generator and, when latents are encoded per batch, the VAE sampling generator.
         counters = {"current_step": step, "current_epoch": epoch, "next_batch": next_batch,
                     "noise_rng": self.noise_rng.bit_generator.state, "total_steps": self.total,
-                    "seed": self.args.seed}
+                    "seed": self.args.seed,
+                    # the lr schedule's own position (it differs from current_step after --initial_step) and
+                    # the losses of the running average (the logged loss_avg and validation divergence)
+                    "schedule_step": self.schedule_step, "loss_window": list(self.progress.recent)}
         latent_rng = getattr(self.latent_source, "rng_state", None)
         if latent_rng is not None:
             counters["latent_rng"] = latent_rng()
@@ -210,7 +277,9 @@ class TrainingLoop:
             self.latent_source.set_rng_state(counters["latent_rng"])
         if counters.get("loss_scale") is not None and self.method.loss_scale is not None:
             self.method.loss_scale.load(counters["loss_scale"])
-        return int(counters["current_step"]), int(counters["current_epoch"]), int(counters["next_batch"])
+        self.schedule_step = int(counters.get("schedule_step", counters["current_step"]))
+        position = int(counters["current_step"]), int(counters["current_epoch"]), int(counters["next_batch"])
+        return position, counters.get("loss_window")
 
     def _sample(self, step, epoch):
         if self.sample_fn is not None and self.world.is_main:

@@ -4,7 +4,8 @@ AdamW is `FusedAdamW` below (torch's AdamW math on one flat vector of all traine
 per-op overhead of a per-parameter update dominated the step); with amsgrad/maximize it is MindSpore's
 experimental AdamW. SGD is MindSpore's experimental SGD. Lion and Adafactor are written here with the same
 interface: a Cell whose construct takes the gradient tuple, with one learning-rate Parameter per group in
-`self.lrs` that the loop updates every step from the schedule.
+`self.lrs` that the loop updates every step from the schedule (Adafactor's relative step, kohya's default for
+it, ignores them and sets its own step size).
 """
 import ast
 import itertools
@@ -43,10 +44,9 @@ def build_optimizer(name, param_groups, lr, optimizer_args=None):
     kwargs = dict(optimizer_args or {})
     if key in _UNAVAILABLE_HINT:
         raise UserError(f"--optimizer_type {name}: 8-bit/paged optimizers need bitsandbytes (CUDA only); "
-                        f"use --optimizer_type {_UNAVAILABLE_HINT[key]} (more optimizers: issue 16)")
+                        f"use --optimizer_type {_UNAVAILABLE_HINT[key]}")
     if key not in _ALIASES:
-        raise UserError(f"--optimizer_type {name!r} is not supported; choose one of: {', '.join(SUPPORTED)} "
-                        f"(more optimizers: issue 16)")
+        raise UserError(f"--optimizer_type {name!r} is not supported; choose one of: {', '.join(SUPPORTED)}")
     groups = [{"params": list(g["params"]), "lr": float(g.get("lr", lr))} for g in param_groups if g["params"]]
     if not groups:
         raise UserError("nothing to train: no trainable parameters were selected")
@@ -69,16 +69,10 @@ def build_optimizer(name, param_groups, lr, optimizer_args=None):
                        weight_decay=float(kwargs.pop("weight_decay", 0.0)), **kwargs)
         if key == "lion":
             return Lion(groups, **kwargs)
+        kwargs["relative_step"] = adafactor_relative_step(kwargs)
         return Adafactor(groups, **kwargs)
-    except (TypeError, ValueError) as e:
+    except TypeError as e:
         raise UserError(f"--optimizer_args not accepted by {name}: {e}") from e
-
-
-def check_optimizer(name, optimizer_args, lr):
-    """Refuse an unknown optimizer or arguments it does not take before any model loads, by building it on
-    one placeholder parameter: the same code path as training, so the check cannot drift from it."""
-    placeholder = Parameter(Tensor(np.zeros(1, np.float32)), name="optimizer_check", requires_grad=True)
-    build_optimizer(name, [{"params": [placeholder], "lr": lr}], lr, optimizer_args)
 
 
 class _GroupedOptimizer(nn.Cell):
@@ -216,20 +210,30 @@ class Lion(_GroupedOptimizer):
         return True
 
 
+def adafactor_relative_step(optimizer_args):
+    """kohya's AdaFactor: relative_step defaults to True, and warmup_init=True turns it on."""
+    return bool(optimizer_args.get("relative_step", True) or optimizer_args.get("warmup_init", False))
+
+
 class Adafactor(_GroupedOptimizer):
-    """Adafactor with an explicit learning rate (relative_step=False, scale_parameter=False, as kohya recommends
-    with a given lr): factored second moments for matrices, RMS update clipping, decay 1 - t^-0.8."""
+    """transformers' Adafactor (what kohya's AdaFactor is): factored second moments for matrices, RMS update
+    clipping, decay 1 - t^-0.8. relative_step (kohya's default): the step size is min(1e-2, 1/sqrt(t)) (with
+    warmup_init: min(1e-6 t, 1/sqrt(t))) instead of the group's learning rate; scale_parameter (transformers'
+    default) multiplies it by max(eps[1], RMS(parameter)). The first moment (beta1) is not available."""
 
     def __init__(self, groups, eps=(1e-30, 1e-3), clip_threshold=1.0, decay_rate=-0.8, weight_decay=0.0,
-                 relative_step=False, scale_parameter=False, warmup_init=False, beta1=None):
-        if relative_step or warmup_init or scale_parameter or beta1 is not None:
-            raise UserError("--optimizer_args: AdaFactor here supports relative_step=False, scale_parameter=False, "
-                            "warmup_init=False, beta1=None (use an explicit --learning_rate)")
+                 relative_step=True, scale_parameter=True, warmup_init=False, beta1=None):
+        if beta1 is not None:
+            raise UserError("AdaFactor's first moment (beta1) is not available here; remove beta1 from "
+                            "--optimizer_args")
         super().__init__(groups)
-        self.eps1 = float(eps[0])
+        self.eps1, self.eps2 = float(eps[0]), float(eps[1])
         self.clip_threshold = float(clip_threshold)
         self.decay_rate = float(decay_rate)
         self.weight_decay = float(weight_decay)
+        self.relative_step = bool(relative_step)
+        self.scale_parameter = bool(scale_parameter)
+        self.warmup_init = bool(warmup_init)
         self.step = Parameter(Tensor(0.0, ms.float32), name="adafactor_step", requires_grad=False)
         rows, cols, full = [], [], []
         for i, p in enumerate(self.parameters):
@@ -249,11 +253,17 @@ class Adafactor(_GroupedOptimizer):
     def construct(self, gradients):
         ops.assign_add(self.step, Tensor(1.0, ms.float32))
         beta2t = 1.0 - ops.pow(self.step, self.decay_rate)
+        relative = None
+        if self.relative_step:
+            min_step = self.step * 1e-6 if self.warmup_init else 1e-2
+            relative = ops.minimum(min_step, ops.rsqrt(self.step))
         for gi, (start, end) in enumerate(self.group_bounds):
-            lr = self.lrs[gi]
             for i in range(start, end):
                 param = self.parameters[i]
                 grad = gradients[i]
+                lr = relative if self.relative_step else self.lrs[gi]
+                if self.scale_parameter:  # the parameter's RMS before this update
+                    lr = lr * ops.maximum(ops.sqrt((param * param).mean()), self.eps2)
                 sq = grad * grad + self.eps1
                 if self.factored[i]:
                     row = self.exp_avg_sq_row[i]
@@ -277,6 +287,20 @@ class Adafactor(_GroupedOptimizer):
                     new_param = new_param - param * (self.weight_decay * lr)
                 ops.assign(param, new_param)
         return True
+
+    def relative_learning_rates(self, step):
+        """The step size update `step` (1-based) gives the first parameter of each group, as transformers'
+        AdafactorSchedule reports it (kohya's `adafactor` scheduler, for logging)."""
+        step = max(1, int(step))
+        size = min(1e-6 * step if self.warmup_init else 1e-2, 1.0 / np.sqrt(step))
+        rates = []
+        for start, _ in self.group_bounds:
+            scale = 1.0
+            if self.scale_parameter:
+                value = self.parameters[start].asnumpy().astype(np.float64)
+                scale = max(self.eps2, float(np.sqrt(np.mean(value * value))))
+            rates.append(size * scale)
+        return rates
 
 
 def optimizer_state_params(optimizer):

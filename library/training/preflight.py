@@ -39,13 +39,13 @@ def check_optimizer(args):
 
 
 def check_lr_schedule(args):
-    """The schedule as the loop makes it (same call), with a stand-in step count when epochs decide it."""
+    """The schedule as the loop makes it (same call), with a stand-in step count when epochs decide it; the
+    options alone were judged by lr_schedules.check_scheduler_options in session.parse_arguments."""
     from .loop import effective_learning_rate
-    from .lr_schedules import make_schedule
+    from .lr_schedules import make_lr_schedule
 
     total = args.max_train_steps if not args.max_train_epochs and args.max_train_steps else 1_000_000
-    make_schedule(args.lr_scheduler, total, args.lr_warmup_steps, args.lr_scheduler_num_cycles,
-                  args.lr_scheduler_power, base_lr=effective_learning_rate(args, 1))
+    make_lr_schedule(args, total, effective_learning_rate(args, 1))
 
 
 def check_files(args, file_options):

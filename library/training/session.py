@@ -57,7 +57,26 @@ def parse_arguments(parser, argv):
         args.seed = resumed_seed(args.resume)
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(3), "little")
-    return normalise_warmup(args)
+    normalise_warmup(args)
+    check_schedule_saving_and_validation(args)
+    return args
+
+
+def check_schedule_saving_and_validation(args):
+    """The lr schedule, saving, starting-step and validation options, refused (or noted when they have no
+    effect) before anything loads."""
+    from .lr_schedules import check_scheduler_options
+    from .saves import check_saving_options
+    from .starting_point import check_starting_options
+    from .validation import check_validation_options
+
+    check_scheduler_options(args)
+    check_saving_options(args)
+    check_starting_options(args)
+    holds_out = check_validation_options(args)
+    if holds_out and not hasattr(args, "validate_every_n_steps"):  # the textual-inversion trainers
+        log.warning("validation_split holds images out of training; this trainer computes no validation loss "
+                    "(as kohya's train_textual_inversion)")
 
 
 def resumed_seed(state_path):
@@ -155,8 +174,9 @@ class LatentSource:
         self.encoder.rng.bit_generator.state = state
 
 
-def make_latent_source(args, bundle, group):
-    """Latents for a batch: from the cache (memory or .npz) when --cache_latents, else encoded per batch."""
+def make_latent_source(args, bundle, group, validation_group=None):
+    """Latents for a batch: from the cache (memory or .npz) when --cache_latents, else encoded per batch. The
+    validation images are cached after the training ones (as kohya), so they change nothing in training."""
     from .latents import LatentEncoder
 
     encoder = LatentEncoder(bundle.vae, seed=args.seed, batch_size=args.vae_batch_size)
@@ -164,11 +184,14 @@ def make_latent_source(args, bundle, group):
         from ..data.build import check_latent_caching_allowed
         from ..data.latent_cache import cache_latents, vae_fingerprint
 
-        check_latent_caching_allowed(group)
+        groups = [g for g in (group, validation_group) if g is not None]
+        for g in groups:
+            check_latent_caching_allowed(g)
         family = "sdxl" if bundle.spec.family == "sdxl" else "sd"
-        cache_latents(group, encoder, vae_batch_size=args.vae_batch_size, to_disk=args.cache_latents_to_disk,
-                      family=family, skip_cache_check=args.skip_cache_check,
-                      vae_id=vae_fingerprint(bundle.vae) if args.cache_latents_to_disk else None)
+        for g in groups:
+            cache_latents(g, encoder, vae_batch_size=args.vae_batch_size, to_disk=args.cache_latents_to_disk,
+                          family=family, skip_cache_check=args.skip_cache_check,
+                          vae_id=vae_fingerprint(bundle.vae) if args.cache_latents_to_disk else None)
     return LatentSource(encoder)
 
 
@@ -188,7 +211,24 @@ def print_dataset(data, bundle):
     print_debug_dataset(data, tokenizer_decode=bundle.tokenizers[0].decode)
 
 
-def run_training(args, bundle, data, method, world, sample_fn):
+def build_validation_data(args, tokenizers, support_dropout, family=None):
+    """The images validation_split holds out (train_network's validation loss), or None when none are. Every
+    worker gets all of them (each computes the same loss; the main one logs it)."""
+    from ..data.build import build_dataset_group, verify_bucket_reso_steps
+    from ..text.chunking import make_tokenize_fn
+
+    group = build_dataset_group(args, tokenize=make_tokenize_fn(tokenizers, args.max_token_length),
+                                seed=args.seed, split="validation", support_dropout=support_dropout)
+    if not group.datasets:
+        return None
+    group.set_max_train_steps(args.max_train_steps)
+    if family:
+        verify_bucket_reso_steps(group, 32 if family == "sdxl" else 64)
+    log.info("validation: %d image(s) x repeats held out in %d batch(es)", group.num_train_images, len(group))
+    return group
+
+
+def run_training(args, bundle, data, method, world, sample_fn, validation_data=None):
     """Latents, the loop and Ctrl-C: the path of the final file, or None when interrupted (state saved)."""
     from .loop import TrainingLoop, KeyboardInterruptSaved
 
@@ -196,10 +236,10 @@ def run_training(args, bundle, data, method, world, sample_fn):
     # would kill the process without a word; make it the usual KeyboardInterrupt (exit 130, temp files removed)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        latents = make_latent_source(args, bundle, data)
+        latents = make_latent_source(args, bundle, data, validation_data)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    loop = TrainingLoop(args, data, method, latents, bundle.spec, world, sample_fn)
+    loop = TrainingLoop(args, data, method, latents, bundle.spec, world, sample_fn, validation_data)
     try:
         loop.run()
     except KeyboardInterruptSaved as stop:

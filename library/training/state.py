@@ -144,13 +144,3 @@ def _assign(params, arrays, path, what):
             raise UserError(f"--resume {path}: {name} has shape {array.shape}, this run needs {p.shape}")
         assign_array(p, array.reshape(p.shape))
 
-
-def prune_old(folder, pattern_prefix, keep):
-    """Keep the newest `keep` entries whose names start with pattern_prefix (for --save_last_n_*)."""
-    if not keep or not os.path.isdir(folder):
-        return
-    entries = sorted((e for e in os.listdir(folder) if e.startswith(pattern_prefix)),
-                     key=lambda e: os.path.getmtime(os.path.join(folder, e)))
-    for e in entries[:-keep]:
-        full = os.path.join(folder, e)
-        shutil.rmtree(full, ignore_errors=True) if os.path.isdir(full) else os.remove(full)
