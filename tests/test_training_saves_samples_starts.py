@@ -372,8 +372,8 @@ def test_validation_default_is_every_epoch_and_survives_resume(tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (("--validation_split", "1.0"), "--validation_split must be >= 0 and < 1"),
     (("--validation_split", "-0.1"), "--validation_split must be >= 0 and < 1"),
-    (("--validate_every_n_steps", "0"), "--validate_every_n_steps must be >= 1"),
-    (("--max_validation_steps", "0"), "--max_validation_steps must be >= 1"),
+    (("--validate_every_n_steps", "-1"), "--validate_every_n_steps must be >= 1"),
+    (("--max_validation_steps", "-2"), "--max_validation_steps must be >= 1"),
 ])
 def test_bad_validation_options_are_refused(tmp_path, argv, message):
     with pytest.raises(UserError, match=message):

@@ -44,9 +44,10 @@ def build_optimizer(name, param_groups, lr, optimizer_args=None):
     kwargs = dict(optimizer_args or {})
     if key in _UNAVAILABLE_HINT:
         raise UserError(f"--optimizer_type {name}: 8-bit/paged optimizers need bitsandbytes (CUDA only); "
-                        f"use --optimizer_type {_UNAVAILABLE_HINT[key]}")
+                        f"use --optimizer_type {_UNAVAILABLE_HINT[key]} (more optimizers: issue 16)")
     if key not in _ALIASES:
-        raise UserError(f"--optimizer_type {name!r} is not supported; choose one of: {', '.join(SUPPORTED)}")
+        raise UserError(f"--optimizer_type {name!r} is not supported; choose one of: {', '.join(SUPPORTED)} "
+                        f"(more optimizers: issue 16)")
     groups = [{"params": list(g["params"]), "lr": float(g.get("lr", lr))} for g in param_groups if g["params"]]
     if not groups:
         raise UserError("nothing to train: no trainable parameters were selected")
@@ -71,8 +72,15 @@ def build_optimizer(name, param_groups, lr, optimizer_args=None):
             return Lion(groups, **kwargs)
         kwargs["relative_step"] = adafactor_relative_step(kwargs)
         return Adafactor(groups, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise UserError(f"--optimizer_args not accepted by {name}: {e}") from e
+
+
+def check_optimizer(name, optimizer_args, lr):
+    """Refuse an unknown optimizer or arguments it does not take before any model loads, by building it on
+    one placeholder parameter: the same code path as training, so the check cannot drift from it."""
+    placeholder = Parameter(Tensor(np.zeros(1, np.float32)), name="optimizer_check", requires_grad=True)
+    build_optimizer(name, [{"params": [placeholder], "lr": lr}], lr, optimizer_args)
 
 
 class _GroupedOptimizer(nn.Cell):
@@ -224,8 +232,8 @@ class Adafactor(_GroupedOptimizer):
     def __init__(self, groups, eps=(1e-30, 1e-3), clip_threshold=1.0, decay_rate=-0.8, weight_decay=0.0,
                  relative_step=True, scale_parameter=True, warmup_init=False, beta1=None):
         if beta1 is not None:
-            raise UserError("AdaFactor's first moment (beta1) is not available here; remove beta1 from "
-                            "--optimizer_args")
+            raise UserError("--optimizer_args: AdaFactor's first moment (beta1) is not available here; remove "
+                            "beta1 from --optimizer_args")
         super().__init__(groups)
         self.eps1, self.eps2 = float(eps[0]), float(eps[1])
         self.clip_threshold = float(clip_threshold)

@@ -114,12 +114,14 @@ def check_validation_options(args):
         raise UserError(f"--validation_split {_split_problem(cli_split)}")
     for option in ("validate_every_n_steps", "validate_every_n_epochs", "max_validation_steps"):
         value = getattr(args, option, None)
-        if value is not None and value < 1:
-            raise UserError(f"--{option} must be >= 1, got {value}")
+        if value is not None and value < 0:
+            raise UserError(f"--{option} must be >= 1 (0: off), got {value}")
+        if value == 0:  # what kohya_ss GUI files write for "off"
+            setattr(args, option, None)
     splits = []
     config_file = getattr(args, "dataset_config", None)
     if config_file:
-        config = load_config_dict(config_file)
+        config = load_config_dict(config_file, "--dataset_config")
         general = config.get("general") if isinstance(config.get("general"), dict) else {}
         datasets = config.get("datasets") if isinstance(config.get("datasets"), list) else []
         for where, table in [("[general]", general)] + [(f"datasets[{i}]", d) for i, d in enumerate(datasets)
