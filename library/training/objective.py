@@ -2,6 +2,11 @@
 
 One Cell for every family; SDXL-only inputs (second token ids, size conditioning) are dummies elsewhere,
 and the `sdxl` flag is a Python constant, so each family compiles to its own straight-line graph.
+
+Inputs: latents, noise (the target's), timesteps, loss_weights, ids1, ids2, time_ids, then the optional
+inputs the loss options ask for, in this order (`extra_inputs`):
+- `input_noise` (--ip_noise_gamma): the noise the UNet input is made with (the target keeps `noise`),
+- `mask` (masked loss): (B,C,h,w) per-element loss weights.
 """
 from mindspore import nn, ops
 import mindspore as ms
@@ -15,9 +20,24 @@ class DiffusionObjective(nn.Cell):
         self.targets = targets
         self.sdxl = sdxl
 
-    def construct(self, latents, noise, timesteps, loss_weights, ids1, ids2, time_ids):
+    @property
+    def extra_inputs(self):
+        names = []
+        if self.targets.input_perturbation:
+            names.append("input_noise")
+        if self.targets.masked:
+            names.append("mask")
+        return tuple(names)
+
+    def construct(self, latents, noise, timesteps, loss_weights, ids1, ids2, time_ids, *extras):
         context, pooled = self.conditioner(ids1, ids2)
-        noisy = self.targets.noisy(latents, noise, timesteps)
+        input_noise = noise
+        mask = None
+        if self.targets.input_perturbation:
+            input_noise = extras[0]
+        if self.targets.masked:
+            mask = extras[-1]
+        noisy = self.targets.noisy(latents, input_noise, timesteps)
         t = ops.cast(timesteps, ms.float32)
         if self.sdxl:
             prediction = self.unet(noisy, t, context, pooled, time_ids)
@@ -25,4 +45,4 @@ class DiffusionObjective(nn.Cell):
             prediction = self.unet(noisy, t, context)
         prediction = ops.cast(prediction, ms.float32)  # a fp16/bf16 UNet's output; the loss is fp32
         target = self.targets.target(latents, noise, timesteps)
-        return self.targets(prediction, target, timesteps, loss_weights)
+        return self.targets(prediction, target, timesteps, loss_weights, mask)
