@@ -70,12 +70,13 @@ def test_conditioning_mask_is_the_red_channel_in_0_1(tmp_path):
     np.testing.assert_allclose(mask[0, :, :, 4:], 0.0, atol=1e-6)
 
 
-def test_alpha_masks_area_resized_as_torch(tmp_path):
+@pytest.mark.parametrize("image_hw,latent_hw", [((48, 40), (6, 5)), ((17, 23), (5, 7))])
+def test_alpha_masks_area_resized_as_torch(image_hw, latent_hw):
     rng = np.random.default_rng(0)
-    alpha = rng.random((3, 48, 40)).astype(np.float32)
-    ours = loss_mask({"alpha_masks": alpha}, (3, 4, 6, 5))
-    expected = torch.nn.functional.interpolate(torch.from_numpy(alpha).unsqueeze(1), size=(6, 5), mode="area")
-    assert np.abs(ours - expected.numpy()).max() <= 1e-6
+    alpha = rng.random((3,) + image_hw).astype(np.float32)
+    ours = loss_mask({"alpha_masks": alpha}, (3, 4) + latent_hw)
+    expected = torch.nn.functional.interpolate(torch.from_numpy(alpha).unsqueeze(1), size=latent_hw, mode="area")
+    assert ours.shape == (3, 4) + latent_hw and np.abs(ours - expected.numpy()).max() <= 1e-6
     assert loss_mask({"images": np.zeros((1, 3, 8, 8))}, (1, 4, 1, 1)) is None
     # kohya's order: a conditioning image wins over alpha masks
     both = loss_mask({"alpha_masks": np.zeros((1, 8, 8)), "conditioning_images": np.ones((1, 3, 8, 8))},
