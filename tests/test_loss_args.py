@@ -83,6 +83,7 @@ def test_config_file_loss_type_reaches_the_arguments(tmp_path):
     (["--multires_noise_discount", "0.5"], "--multires_noise_discount has no effect without"),
     (["--ip_noise_gamma_random_strength"], "--ip_noise_gamma_random_strength has no effect without"),
     (["--noise_offset_random_strength"], "--noise_offset_random_strength has no effect without"),
+    (["--noise_offset", "0", "--adaptive_noise_scale", "0.1"], "--adaptive_noise_scale has no effect with"),
 ])
 def test_options_that_change_nothing_get_one_line(argv, line, caplog):
     with caplog.at_level(logging.WARNING, logger="sdms.training"):
@@ -130,3 +131,21 @@ def test_model_rules_run_right_after_the_model_loads(tmp_path, capsys):
                                      str(tmp_path / "out"), "--scale_v_pred_loss_like_noise_pred"])
     assert stop.value.code == 2
     assert "--scale_v_pred_loss_like_noise_pred needs a v-prediction model" in capsys.readouterr().err
+
+
+def test_kohya_gui_loss_keys_run_quietly(tmp_path, caplog):
+    """The values the kohya_ss GUI writes when these features are off (zeros, not absent) are accepted
+    without a word, as kohya accepts them."""
+    config = tmp_path / "gui.toml"
+    config.write_text('loss_type = "l2"\nhuber_c = 0.1\nhuber_schedule = "snr"\nhuber_scale = 1\n'
+                      'multires_noise_discount = 0.3\nmultires_noise_iterations = 0\nnoise_offset = 0\n'
+                      'adaptive_noise_scale = 0\nip_noise_gamma = 0\nip_noise_gamma_random_strength = false\n'
+                      'min_snr_gamma = 0\ndebiased_estimation_loss = false\nscale_v_pred_loss_like_noise_pred = '
+                      'false\nv_pred_like_loss = 0\nzero_terminal_snr = false\nmasked_loss = false\n'
+                      'max_timestep = 1000\nmin_timestep = 0\n', encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="sdms.training"):
+        args = parse("--config_file", str(config))
+    assert not caplog.records, caplog.text
+    from library.diffusion.training import LossOptions
+
+    assert LossOptions.from_args(args) == LossOptions()

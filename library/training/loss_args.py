@@ -84,8 +84,10 @@ def check_loss_arguments(args):
     for name in ("noise_offset", "multires_noise_iterations", "multires_noise_discount", "ip_noise_gamma",
                  "min_snr_gamma", "v_pred_like_loss"):
         _nonnegative(args, name)
-    if args.adaptive_noise_scale is not None and not args.noise_offset:
+    if args.adaptive_noise_scale is not None and args.noise_offset is None:
         raise UserError("--adaptive_noise_scale needs --noise_offset (as kohya: it adds to the noise offset)")
+    if args.adaptive_noise_scale and not args.noise_offset:  # kohya GUI files write noise_offset = 0
+        _note("--adaptive_noise_scale has no effect with --noise_offset 0 (kohya adds no offset then)")
     if args.noise_offset_random_strength and not args.noise_offset:
         _note("--noise_offset_random_strength has no effect without --noise_offset")
     if args.multires_noise_discount != 0.3 and not args.multires_noise_iterations:
