@@ -158,7 +158,7 @@ class LoRANetwork:
                                               requires_grad=False)
             for module in self.modules:
                 module.batch_multiplier = self.batch_multiplier
-            self.batch_multiplier.name = "lora_batch_multiplier"
+            self.batch_multiplier.name = "lora_batch_multiplier"  # (setting it on a module renamed it)
             if self.applied:
                 invalidate_compiled_graphs(self.roots)
         return self.batch_multiplier
