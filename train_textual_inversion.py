@@ -44,7 +44,7 @@ def template_kind(args):
 def main(argv):
     from library.data.build import check_sizes_fit_model
     from library.text.token_strings import add_token_string, caption_transform, missing_token_warning
-    from library.training.textual_inversion import TextualInversion
+    from library.training.textual_inversion import TextualInversion, warn_network_multipliers
 
     args = session.parse_arguments(build_parser(), argv)
     if not args.token_string:
@@ -64,6 +64,7 @@ def main(argv):
     data = session.build_data(args, bundle.tokenizers, hook, support_dropout=False, world=world,
                               family=bundle.spec.family, blueprint=blueprint)
     check_sizes_fit_model(data, bundle.spec)
+    warn_network_multipliers(data)
     # the caption as training sees it: caption_prefix/suffix may be what carries the token string
     captions = [" ".join(filter(None, (item.subset.caption_prefix, item.caption, item.subset.caption_suffix)))
                 for d in data.datasets for item in d.items]

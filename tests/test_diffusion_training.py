@@ -7,6 +7,7 @@ from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr
 from mindspore import nn
 
+from library.diffusion import noise as noise_lib
 from library.diffusion import training
 from library.diffusion.schedule import make_schedule
 
@@ -72,7 +73,8 @@ def test_targets_and_loss_match_reference(v_pred, gamma):
     weights = np.array([1.0, 0.5, 1.0], np.float32)
 
     schedule = make_schedule()
-    probe = _TargetsProbe(training.DiffusionTargets(schedule, v_prediction=v_pred, min_snr_gamma=gamma))
+    probe = _TargetsProbe(training.DiffusionTargets(schedule, v_prediction=v_pred,
+                                                    options=training.LossOptions(min_snr_gamma=gamma)))
     noisy, target, loss = probe(*(ms.Tensor(a) for a in (latents, noise, t, pred, weights)))
 
     ref = _diffusers_ddpm(prediction_type="v_prediction" if v_pred else "epsilon")
@@ -88,41 +90,41 @@ def test_targets_and_loss_match_reference(v_pred, gamma):
 
 
 def test_timesteps_respect_bounds_and_seed():
-    t = training.sample_timesteps(np.random.default_rng(1), 4000, min_timestep=100, max_timestep=300)
+    t = noise_lib.sample_timesteps(np.random.default_rng(1), 4000, min_timestep=100, max_timestep=300)
     assert t.min() >= 100 and t.max() <= 299 and len(np.unique(t)) == 200
-    again = training.sample_timesteps(np.random.default_rng(1), 4000, min_timestep=100, max_timestep=300)
+    again = noise_lib.sample_timesteps(np.random.default_rng(1), 4000, min_timestep=100, max_timestep=300)
     assert (t == again).all()
-    full = training.sample_timesteps(np.random.default_rng(2), 5000)
+    full = noise_lib.sample_timesteps(np.random.default_rng(2), 5000)
     assert full.min() == 0 and full.max() == 999
 
 
 def test_noise_offset_adds_per_channel_bias():
     latents = np.zeros((64, 4, 8, 8), np.float32)
-    plain = training.sample_noise(np.random.default_rng(3), latents)
-    offset = training.sample_noise(np.random.default_rng(3), latents, noise_offset=0.5)
+    plain = noise_lib.sample_noise(np.random.default_rng(3), latents)
+    offset = noise_lib.sample_noise(np.random.default_rng(3), latents, noise_offset=0.5)
     bias = offset - plain  # same generator state for the first draw: the difference is the offset term
     per_channel = bias.reshape(64, 4, -1)
     assert np.allclose(per_channel, per_channel[..., :1], atol=1e-6)  # constant over H,W
     assert abs(per_channel[..., 0].std() - 0.5) < 0.1
     assert plain.dtype == np.float32 and abs(plain.std() - 1.0) < 0.05
 
-    rand = training.sample_noise(np.random.default_rng(3), latents, noise_offset=0.5,
+    rand = noise_lib.sample_noise(np.random.default_rng(3), latents, noise_offset=0.5,
                                  noise_offset_random_strength=True)
     assert 0 < np.abs(rand - plain).max() < np.abs(bias).max() + 1e-6
 
 
 def test_adaptive_noise_scale_uses_latent_mean():
     latents = np.full((2, 4, 4, 4), -2.0, np.float32)
-    plain = training.sample_noise(np.random.default_rng(4), latents)
-    adapt = training.sample_noise(np.random.default_rng(4), latents, noise_offset=0.1, adaptive_noise_scale=0.5)
+    plain = noise_lib.sample_noise(np.random.default_rng(4), latents)
+    adapt = noise_lib.sample_noise(np.random.default_rng(4), latents, noise_offset=0.1, adaptive_noise_scale=0.5)
     rng = np.random.default_rng(4)
     rng.standard_normal(latents.shape)
     expected_bias = (0.1 + 0.5 * 2.0) * rng.standard_normal((2, 4, 1, 1))
     assert np.allclose(adapt - plain, np.broadcast_to(expected_bias, latents.shape), atol=1e-5)
 
 
-def test_input_perturbation_changes_only_the_input_noise():
+def test_input_perturbation_makes_a_separate_input_noise():
     noise = np.zeros((2, 4, 3, 3), np.float32)
-    assert training.perturb_noise(np.random.default_rng(5), noise, None) is noise
-    perturbed = training.perturb_noise(np.random.default_rng(5), noise, 0.1)
-    assert 0.05 < perturbed.std() < 0.15
+    assert noise_lib.input_perturbation(np.random.default_rng(5), noise, None) is None
+    perturbed = noise_lib.input_perturbation(np.random.default_rng(5), noise, 0.1)
+    assert 0.05 < perturbed.std() < 0.15 and not noise.any()

@@ -82,17 +82,17 @@ def test_every_kohya_option_is_defined_or_ignored_or_refused():
             resolve_sampler(name, option=f"--{option}")
     # the registries name real kohya options, each in one registry, and every refusal says why
     known = K.all_kohya_option_names()
-    registries = [set(K.IGNORED), set(K.REFUSED), set(K.ALIASES), set(K.PENDING_FROM_OTHER_BRANCHES)]
+    registries = [set(K.IGNORED), set(K.REFUSED), set(K.ALIASES)]
     for registry in registries:
         assert registry <= known, registry - known
     for i, a in enumerate(registries):
         for b in registries[i + 1:]:
             assert not a & b, a & b
     assert all(len(message) > 20 for message in list(K.REFUSED.values()) + list(K.IGNORED.values()))
-    # no stale entries: each ignored/refused/pending/alias name is still hidden in at least one script
+    # no stale entries: each ignored/refused/alias name is still hidden in at least one script
     hidden = set().union(*(parser.kohya_hidden for parser in parsers.values()))
-    stale = (set(K.IGNORED) | set(K.REFUSED) | set(K.ALIASES) | set(K.PENDING_FROM_OTHER_BRANCHES)) - hidden
-    assert not stale, f"every script defines {sorted(stale)}: drop them from the ignored/refused/pending sets"
+    stale = (set(K.IGNORED) | set(K.REFUSED) | set(K.ALIASES)) - hidden
+    assert not stale, f"every script defines {sorted(stale)}: drop them from the ignored/refused sets"
 
 
 # ------------------------------------------------------------------------------------------ every name
@@ -138,9 +138,6 @@ def test_every_kohya_option_name_through_the_parser(script, capsys, clean_loggin
         elif status == "ignored":
             if len(lines) != 1 or "ignored" not in lines[0]:
                 failures.append(f"{argv}: expected exactly one 'ignored' line, got {lines}")
-        elif status == "pending":
-            if len(lines) != 1 or "not yet merged" not in lines[0]:
-                failures.append(f"{argv}: expected exactly one 'not yet merged' line, got {lines}")
         elif status == "refused":
             failures.append(f"{argv}: refused option accepted")
         elif lines:

@@ -1,4 +1,6 @@
-"""Data parallel with msrun on the CPU: 2 workers x batch 1 train the same embedding as 1 process x batch 2."""
+"""Data parallel with msrun on the CPU: 2 workers x batch 1 train the same embedding as 1 process x batch 2,
+with kohya's noise options on (the multires noise is normalised over the global batch and the adaptive noise
+offset reads every sample's latents: the workers all-gather their latents' channel means)."""
 import os
 import re
 import socket
@@ -29,7 +31,8 @@ def _free_port():
 def test_two_workers_equal_one_process_with_the_same_global_batch(tmp_path):
     common = ["--pretrained_model_name_or_path", "tiny-sd15", "--token_string", "mytoy", "--init_word", "toy",
               "--num_vectors_per_token", "2", "--learning_rate", "5e-3", "--max_train_steps", "3",
-              "--cache_latents", "--seed", "5"]
+              "--cache_latents", "--seed", "5", "--noise_offset", "0.1", "--adaptive_noise_scale", "0.3",
+              "--multires_noise_iterations", "3", "--ip_noise_gamma", "0.1", "--loss_type", "huber"]
     script = os.path.join(ROOT, "train_textual_inversion.py")
     # Both runs at once: graph compilation is single-threaded, so three compiling processes on two cores take
     # about 1.5 compile times instead of 2 (one after the other). Its output goes to a file: a full pipe would

@@ -14,8 +14,8 @@ import os
 from ..errors import UserError
 from .folder_mode import user_config_from_args
 from .loader import load_config_dict
-from .params import ARGPARSE_ONLY_KEYS, ARGPARSE_TO_CONFIG, DATASET_FIELDS, SUBSET_FIELDS, Blueprint, \
-    DatasetParams, SubsetParams
+from .params import ARGPARSE_ONLY_KEYS, ARGPARSE_TO_CONFIG, DATASET_FIELDS, KIND_CONTROLNET, SUBSET_FIELDS, \
+    Blueprint, DatasetParams, SubsetParams
 from .sanitizer import ConfigSanitizer
 
 log = logging.getLogger("sdms.config")
@@ -126,6 +126,8 @@ def _make_subset(raw, dataset, general, cli, kind, base_dir, where):
             values[key] = _resolve_path(values[key], base_dir, f"{where}.{key}")
     if values["keep_tokens_separator"] == "":
         values["keep_tokens_separator"] = None
+    if kind == KIND_CONTROLNET:
+        values["alpha_mask"] = False  # kohya: a ControlNet subset's mask is its conditioning image, never alpha
     return SubsetParams(kind=kind, source=where, **values)
 
 
@@ -182,8 +184,12 @@ def blueprint_from_user_config(config, args=None, *, config_file=None, support_d
 
 
 def generate_blueprint(args, *, support_dropout=False, support_dreambooth=True, support_finetuning=True,
-                       support_controlnet=False):
-    """From parsed training arguments: `--dataset_config` if given, else folder mode."""
+                       support_controlnet=None):
+    """From parsed training arguments: `--dataset_config` if given, else folder mode. ControlNet-style subsets
+    (`conditioning_data_dir`, their images are loss masks) are accepted with --masked_loss, as kohya's trainers
+    build their ConfigSanitizer with support_controlnet=args.masked_loss."""
+    if support_controlnet is None:
+        support_controlnet = bool(getattr(args, "masked_loss", False))
     config_file = getattr(args, "dataset_config", None)
     if config_file:
         ignored = [f"--{n}" for n in ("train_data_dir", "reg_data_dir", "in_json") if getattr(args, n, None)]

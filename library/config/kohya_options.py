@@ -37,17 +37,6 @@ KOHYA_SCRIPTS = {
 # bookkeeping (`epoch`, `noise_offset_type`) and options of kohya's other trainers (Flux, SD3, train_db...).
 GUI_KEYS = frozenset(_DATA["gui_keys_not_options"])
 
-# ---------------------------------------------------------------------------------------------------------
-# Options another branch is adding right now; accepted with a "not yet merged" line until then.
-# THE LEAD DELETES THIS SET AT MERGE: from then on each must be a real parser option (tests enforce it).
-PENDING_FROM_OTHER_BRANCHES = frozenset({
-    # loss / noise (ws-loss)
-    "loss_type", "huber_schedule", "huber_c", "huber_scale", "debiased_estimation_loss",
-    "scale_v_pred_loss_like_noise_pred", "v_pred_like_loss", "zero_terminal_snr", "multires_noise_iterations",
-    "multires_noise_discount", "ip_noise_gamma", "ip_noise_gamma_random_strength", "adaptive_noise_scale",
-    "masked_loss", "conditioning_data_dir",
-})
-# ---------------------------------------------------------------------------------------------------------
 
 _ATTENTION = "MindSpore picks the attention kernel itself (flash attention on Ascend, see docs/en/devices.md)"
 _LOADER = "no PyTorch DataLoader here: batches are prepared in the training process"
@@ -65,6 +54,8 @@ IGNORED = {
     "ddp_timeout": _DDP, "ddp_gradient_as_bucket_view": _DDP, "ddp_static_graph": _DDP,
     "disable_mmap_load_safetensors": "safetensors files are read through their numpy API here",
     "cpu_offload_checkpointing": "a CUDA memory option; --gradient_checkpointing recomputes activations here",
+    "conditioning_data_dir": "kohya's LoRA and TI trainers do not read it either (only its ControlNet trainers "
+                             "do); give conditioning_data_dir in the dataset config, with --masked_loss",
     "fused_backward_pass": "kohya uses it only in its full fine-tuning scripts; LoRA/TI training ignores it "
                            "there too",
     "tokenizer_cache_dir": "the CLIP vocabulary is bundled, nothing is downloaded",
@@ -283,8 +274,6 @@ def hidden_status(dest):
     if dest in ALIASES:
         target, value = ALIASES[dest]
         return "alias", f"--{target} {value}"
-    if dest in PENDING_FROM_OTHER_BRANCHES:
-        return "pending", ""
     if dest in IGNORED:
         return "ignored", IGNORED[dest]
     if dest in REFUSED:
@@ -310,9 +299,7 @@ def apply_kohya_options(parser, args, out=None):
         if dest in ALIASES or not is_given(getattr(args, dest), options[dest]["default"]):
             continue
         status, detail = hidden_status(dest)
-        if status == "pending":
-            print(f"--{dest}: accepted but not yet merged in this build (no effect yet)", file=out)
-        elif status == "ignored":
+        if status == "ignored":
             print(f"--{dest}: ignored here; {detail}", file=out)
         else:
             refused.append(f"--{dest}: {detail or 'not available here'}")
@@ -337,7 +324,7 @@ def _apply_aliases(parser, args, options):
 # --------------------------------------------------------------------------------------------- the table
 def option_status(parser, script, dest):
     """(status, detail) of kohya option `dest` in our `script`: same, alias, different, refused, ignored,
-    pending, unhandled (a bug: tests fail) or absent (not an option of these kohya scripts)."""
+    unhandled (a bug: tests fail) or absent (not an option of these kohya scripts)."""
     options = kohya_options(script)
     if dest not in options:
         return "absent", ""
@@ -362,11 +349,11 @@ def option_status(parser, script, dest):
 
 _WORDS = {
     "en": {"same": "same", "alias": "alias of", "different": "different", "refused": "refused",
-           "ignored": "ignored", "pending": "pending merge", "absent": "-", "unhandled": "UNHANDLED",
+           "ignored": "ignored", "absent": "-", "unhandled": "UNHANDLED",
            "option": "kohya option", "lora": "train_network.py (+ sdxl_)", "ti": "train_textual_inversion.py (+ sdxl_)",
            "gen": "gen_img.py", "details": "details (as printed)", "sdxl_only": "(SDXL script only)"},
     "zh": {"same": "相同", "alias": "别名", "different": "有意不同", "refused": "拒绝", "ignored": "忽略",
-           "pending": "待合并", "absent": "-", "unhandled": "未处理", "option": "kohya 选项",
+           "absent": "-", "unhandled": "未处理", "option": "kohya 选项",
            "lora": "train_network.py（含 sdxl_）", "ti": "train_textual_inversion.py（含 sdxl_）",
            "gen": "gen_img.py", "details": "说明（程序输出的原文）", "sdxl_only": "（仅 SDXL 脚本）"},
 }

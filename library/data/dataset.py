@@ -18,7 +18,22 @@ import numpy as np
 from .buckets import BucketSelector
 from .captions import process_caption
 from .face_crop import face_box_from_name, face_crop
-from .images import color_aug, crop_like, load_image, to_chw_tensor, trim_and_resize
+from .images import color_aug, crop_like, load_image, resize, to_chw_tensor, trim_and_resize
+
+
+def conditioning_image(item, reso, flipped):
+    """A ControlNet-style subset's conditioning image, (3, H, W) in [-1, 1] as kohya's batch
+    `conditioning_images`, resized, cropped and flipped exactly like its image (random crop and face crop are
+    refused for these subsets, so the image's crop is the centred one). An image of another size is first
+    resized to its image's size."""
+    rgb = load_image(item.conditioning_path)
+    interpolation = item.subset.resize_interpolation
+    if (rgb.shape[1], rgb.shape[0]) != tuple(item.size):
+        rgb = resize(rgb, item.size, interpolation)
+    rgb = trim_and_resize(rgb, reso, item.resized_size, None, False, interpolation)[0]
+    if flipped:
+        rgb = rgb[:, ::-1]
+    return to_chw_tensor(rgb)
 
 
 def _selector(params):
@@ -160,6 +175,8 @@ class ImageDataset:
             sample["image"] = to_chw_tensor(rgb)
         if subset.alpha_mask and alpha is not None:
             sample["alpha_mask"] = alpha[:, ::-1].copy() if flipped else alpha
+        if item.conditioning_path is not None:
+            sample["conditioning_image"] = conditioning_image(item, reso, flipped)
         target_w = reso[0]
         left = target_w - crop_ltrb[2] if flipped else crop_ltrb[0]
         sample["crop_top_left"] = (int(crop_ltrb[1]), int(left))
@@ -199,6 +216,8 @@ class ImageDataset:
             batch["latents"] = np.stack([s["latents"] for s in samples]).astype(np.float32)
         else:
             batch["images"] = np.stack([s["image"] for s in samples]).astype(np.float32)
+        if "conditioning_image" in samples[0]:  # a dataset is all ControlNet-style subsets or none
+            batch["conditioning_images"] = np.stack([s["conditioning_image"] for s in samples]).astype(np.float32)
         if any(it.subset.alpha_mask for it in items):
             height, width = reso[1], reso[0]
             batch["alpha_masks"] = np.stack([s.get("alpha_mask", np.ones((height, width), np.float32))

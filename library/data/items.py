@@ -4,6 +4,8 @@
   unless wildcards), else `class_tokens`; `cache_info` keeps captions and sizes in `metadata_cache.json`.
 - Fine-tuning: `metadata_file` .json `{key: {caption, tags, image_size}}` or .jsonl (`image_path` per line);
   tags are appended to the caption after `caption_separator` exactly as kohya joins them (no added space).
+- ControlNet-style (with --masked_loss): a DreamBooth-like subset whose `conditioning_data_dir` holds one image
+  per training image, matched by file stem (kohya's ControlNetDataset); it becomes the loss mask.
 - Regularisation balancing: reg images are registered round-robin and their repeats grow until the reg total
   covers sum(train images x repeats); reg images beyond that are unused (as kohya). A dataset with no train
   images registers no reg image (kohya: nothing to balance against).
@@ -21,7 +23,7 @@ from typing import Optional
 
 from ..config.images_ext import IMAGE_EXTENSIONS
 from ..config.loader import read_text
-from ..config.params import KIND_DREAMBOOTH, KIND_FINETUNING, SubsetParams
+from ..config.params import KIND_CONTROLNET, KIND_DREAMBOOTH, KIND_FINETUNING, SubsetParams
 from ..errors import UserError
 from ..fileio import atomic_write
 from .captions import read_caption_file
@@ -45,6 +47,7 @@ class ImageItem:
     bucket_reso: Optional[tuple] = None
     resized_size: Optional[tuple] = None
     cache: dict = field(default_factory=dict)  # cached latents etc. (see latent_cache.py)
+    conditioning_path: Optional[str] = None  # ControlNet-style subsets: the image whose R channel is the mask
 
 
 def _load_cache_info(folder):
@@ -108,6 +111,34 @@ def dreambooth_items(subset):
                     ", ".join(missing[:5]))
     if subset.cache_info and entries != cached:
         _save_cache_info(subset.image_dir, entries)
+    return items
+
+
+def controlnet_items(subset):
+    """kohya's ControlNetDataset: DreamBooth items (captions from files) each paired with the image of the same
+    stem in conditioning_data_dir; a missing or an unpaired conditioning image is an error, as in kohya."""
+    if subset.random_crop:
+        raise UserError(f"{subset.source}: random_crop cannot be used with conditioning_data_dir (the mask must "
+                        "be cropped like its image; kohya refuses it too)")
+    if not os.path.isdir(subset.conditioning_data_dir):
+        raise UserError(f"{subset.source}: conditioning_data_dir {subset.conditioning_data_dir} is not a folder")
+    items = dreambooth_items(subset)
+    by_stem = {}
+    for path in list_images(subset.conditioning_data_dir):
+        by_stem.setdefault(os.path.splitext(os.path.basename(path))[0], path)
+    missing = []
+    for item in items:
+        stem = os.path.splitext(os.path.basename(item.path))[0]
+        item.conditioning_path = by_stem.pop(stem, None)
+        if item.conditioning_path is None:
+            missing.append(os.path.basename(item.path))
+    if missing:
+        raise UserError(f"{subset.source}: no conditioning image (same file name, any image extension) in "
+                        f"{subset.conditioning_data_dir} for {len(missing)} image(s): {', '.join(missing[:5])}")
+    if by_stem:
+        extra = sorted(os.path.basename(p) for p in by_stem.values())
+        raise UserError(f"{subset.source}: {len(extra)} conditioning image(s) in {subset.conditioning_data_dir} "
+                        f"match no image in {subset.image_dir}: {', '.join(extra[:5])} (kohya refuses them too)")
     return items
 
 
@@ -213,8 +244,13 @@ def items_for_dataset(params, split="train", seed=0):
             items = dreambooth_items(subset)
         elif subset.kind == KIND_FINETUNING:
             items = finetuning_items(subset)
+        elif subset.kind == KIND_CONTROLNET:
+            if subset.face_crop_aug_range is not None and not params.enable_bucket:
+                raise UserError(f"{subset.source}: face_crop_aug_range cannot be used with conditioning_data_dir "
+                                "(the face crop would not apply to the mask)")
+            items = controlnet_items(subset)
         else:
-            raise UserError(f"{subset.source}: ControlNet subsets are not supported by this trainer")
+            raise UserError(f"{subset.source}: subsets of kind {subset.kind!r} are not supported by this trainer")
         if subset.is_reg:
             items = [] if split == "validation" else items  # reg subsets never validate
             reg += items

@@ -7,7 +7,8 @@ own parameters keep their names. The adapter returns only the update:
 
 `lora_down` is a Linear (in -> r, no bias) or a Conv2d with the target's kernel, stride and padding; `lora_up`
 is a Linear (r -> out) or a 1x1 Conv2d. multiplier * scale lives in one non-trainable Parameter, so changing
-the multiplier (or loading another alpha) never recompiles a graph.
+the multiplier (or loading another alpha) never recompiles a graph. In training with datasets of different
+`network_multiplier`, every module also multiplies by one shared scalar Parameter (set per batch).
 """
 import math
 
@@ -94,6 +95,9 @@ class LoRAModule(nn.Cell):
         self.matmul = ops.MatMul(transpose_b=True)
         self.multiplier_scale = Parameter(Tensor(np.float32(self.multiplier * self.scale)), name="multiplier_scale",
                                           requires_grad=False)
+        # training with datasets' network_multiplier: one scalar Parameter shared by all modules of a network
+        # (LoRANetwork.enable_batch_multiplier); None otherwise, and then the graph has no extra op
+        self.batch_multiplier = None
 
     @property
     def scale(self):
@@ -127,6 +131,8 @@ class LoRAModule(nn.Cell):
 
     def construct(self, x):
         scale = ops.cast(self.multiplier_scale, x.dtype)
+        if self.batch_multiplier is not None:
+            scale = scale * ops.cast(self.batch_multiplier, x.dtype)
         if self.training and self.rank_dropout > 0:
             scale = scale * (1.0 / (1.0 - self.rank_dropout))
         if self.is_conv:

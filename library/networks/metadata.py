@@ -1,8 +1,8 @@
 """The `ss_*` training metadata kohya's train_network writes into a LoRA file (reference section 5.7).
 
 Everything is gathered once at the start of training (`TrainingMetadata.__init__`), and each save adds what
-changes (steps, epoch, finish time) and the modelspec.* keys. Keys that have no meaning here (fp8, validation,
-huber) are left out. The dataset keys come from library/data/metadata.py.
+changes (steps, epoch, finish time) and the modelspec.* keys. Keys that have no meaning here (fp8) are left
+out. The dataset keys come from library/data/metadata.py.
 """
 import json
 import os
@@ -43,8 +43,14 @@ class TrainingMetadata:
             "v_parameterization": v_prediction, "clip_skip": a.clip_skip, "max_token_length": a.max_token_length,
             "seed": a.seed, "noise_offset": a.noise_offset, "noise_offset_random_strength":
                 a.noise_offset_random_strength, "min_snr_gamma": a.min_snr_gamma,
-            "zero_terminal_snr": getattr(a, "zero_terminal_snr", False), "prior_loss_weight": a.prior_loss_weight,
-            "loss_type": "l2", "optimizer": f"{a.optimizer_type}({' '.join(a.optimizer_args or [])})",
+            "zero_terminal_snr": a.zero_terminal_snr, "prior_loss_weight": a.prior_loss_weight,
+            # kohya's loss/noise keys, its values as given (None when off)
+            "multires_noise_iterations": a.multires_noise_iterations,
+            "multires_noise_discount": a.multires_noise_discount, "adaptive_noise_scale": a.adaptive_noise_scale,
+            "ip_noise_gamma": a.ip_noise_gamma, "ip_noise_gamma_random_strength": a.ip_noise_gamma_random_strength,
+            "debiased_estimation": bool(a.debiased_estimation_loss), "loss_type": a.loss_type,
+            "huber_schedule": a.huber_schedule, "huber_scale": a.huber_scale, "huber_c": a.huber_c,
+            "optimizer": f"{a.optimizer_type}({' '.join(a.optimizer_args or [])})",
             "max_grad_norm": a.max_grad_norm, "gradient_checkpointing": a.gradient_checkpointing,
             "gradient_accumulation_steps": a.gradient_accumulation_steps, "cache_latents": a.cache_latents,
             "caption_dropout_rate": a.caption_dropout_rate,

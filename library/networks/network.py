@@ -9,6 +9,7 @@ import itertools
 import time
 
 import numpy as np
+from mindspore import Parameter, Tensor
 
 from ..errors import UserError
 from .family import check_family, describe
@@ -70,6 +71,7 @@ class LoRANetwork:
         self.loraplus_unet_lr_ratio = loraplus_unet_lr_ratio
         self.loraplus_text_encoder_lr_ratio = loraplus_text_encoder_lr_ratio
         self.skipped = []
+        self.batch_multiplier = None
         self.roots = [cell for cell in [unet] + list(text_encoders or []) if cell is not None]
         rng = np.random.RandomState(seed) if seed is not None else np.random
         module_kwargs = dict(multiplier=multiplier, dropout=dropout, rank_dropout=rank_dropout,
@@ -126,6 +128,8 @@ class LoRANetwork:
             module.lora_down.weight.name = f"{module.lora_name}.lora_down.weight"
             module.lora_up.weight.name = f"{module.lora_name}.lora_up.weight"
             module.multiplier_scale.name = f"{module.lora_name}.multiplier_scale"
+        if self.batch_multiplier is not None:  # (appending renames it after the adapter's path)
+            self.batch_multiplier.name = "lora_batch_multiplier"
         invalidate_compiled_graphs(self.roots)
         self.applied = True
         return self
@@ -144,6 +148,23 @@ class LoRANetwork:
         self.multiplier = float(multiplier)
         for module in self.modules:
             module.set_multiplier(multiplier)
+
+    def enable_batch_multiplier(self):
+        """Give every module one shared scalar multiplier that `set_batch_multiplier` changes with one write
+        (kohya's per-batch set_multiplier for datasets' network_multiplier) without recompiling. Changes the
+        graphs: call it before they compile."""
+        if self.batch_multiplier is None:
+            self.batch_multiplier = Parameter(Tensor(np.float32(1.0)), name="lora_batch_multiplier",
+                                              requires_grad=False)
+            for module in self.modules:
+                module.batch_multiplier = self.batch_multiplier
+            self.batch_multiplier.name = "lora_batch_multiplier"  # (setting it on a module renamed it)
+            if self.applied:
+                invalidate_compiled_graphs(self.roots)
+        return self.batch_multiplier
+
+    def set_batch_multiplier(self, multiplier):
+        write_param(self.batch_multiplier, multiplier)
 
     def merge_into_base(self, multiplier=None):
         """Add every module's delta to its target's weight (use without apply(), or remove() first)."""

@@ -6,6 +6,8 @@ after each update, and saves are kohya LoRA files with the ss_* metadata.
 """
 import logging
 
+import numpy as np
+
 from ..errors import UserError
 from ..formats.lora import read_lora_file, save_lora
 from ..training.method import DiffusionMethod
@@ -30,8 +32,14 @@ def merge_base_weights(args, bundle):
         log.info("merged %s into the base model (multiplier %s, %d modules)", path, multiplier, len(network))
 
 
+def dataset_multipliers(group):
+    """[(dataset source, network_multiplier)] of a DatasetGroup (none for None)."""
+    return [(d.params.source, float(d.params.network_multiplier)) for d in getattr(group, "datasets", [])]
+
+
 class LoRATraining(DiffusionMethod):
-    def __init__(self, args, bundle):
+    def __init__(self, args, bundle, dataset_group=None):
+        """dataset_group: the training data, when its datasets' `network_multiplier` should apply (kohya)."""
         super().__init__(args, bundle)
         self.network_args = parse_network_args(args.network_args)
         merge_base_weights(args, bundle)
@@ -42,6 +50,7 @@ class LoRATraining(DiffusionMethod):
         if not len(self.network):
             raise UserError("the LoRA network has no modules: check --network_train_unet_only / "
                             "--network_train_text_encoder_only and --network_weights")
+        self._setup_dataset_multipliers(dataset_multipliers(dataset_group))
         self.network.apply()
         if args.network_weights:
             self._load_weights(args.network_weights)
@@ -82,6 +91,40 @@ class LoRATraining(DiffusionMethod):
         from .metadata import TrainingMetadata
 
         self.metadata = TrainingMetadata(self.args, self.spec, self.network, group, steps_per_epoch, total_steps)
+
+    # ------------------------------------------------------------------ datasets' network_multiplier
+    def _setup_dataset_multipliers(self, multipliers):
+        """kohya (fef17296): a batch of a dataset with network_multiplier m trains with every LoRA output scaled
+        by m (all samples of a batch come from one dataset). Only when some dataset is not 1.0: then the modules
+        share one scalar Parameter set per batch; otherwise the graph is unchanged."""
+        self.batch_multiplier = None
+        if not any(m != 1.0 for _, m in multipliers):
+            return
+        self.network.enable_batch_multiplier()
+        self.batch_multiplier = 1.0
+        log.info("dataset network_multiplier: %s (each batch trains with the LoRA scaled by its dataset's value)",
+                 ", ".join(f"{source}: {m:g}" for source, m in multipliers))
+
+    def _use_batch_multiplier(self, value):
+        value = float(value)
+        if value != self.batch_multiplier:
+            self.network.set_batch_multiplier(value)
+            self.batch_multiplier = value
+
+    def before_batch(self, batch):
+        if self.batch_multiplier is not None:
+            self._use_batch_multiplier(np.asarray(batch["network_multipliers"]).reshape(-1)[0])
+
+    def with_unit_multiplier(self, sample_fn):
+        """Samples during training see the LoRA at multiplier 1 whatever the last batch's dataset was."""
+        if sample_fn is None or self.batch_multiplier is None:
+            return sample_fn
+
+        def sample(*args, **kwargs):
+            self._use_batch_multiplier(1.0)
+            return sample_fn(*args, **kwargs)
+
+        return sample
 
     # ------------------------------------------------------------------ hooks the loop calls
     def param_groups(self, lr):

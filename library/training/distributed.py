@@ -16,6 +16,14 @@ class World:
     def is_main(self):
         return self.rank == 0
 
+    def gather_rows(self, array):
+        """Every worker's `array` (same shape on each) concatenated along axis 0 in rank order."""
+        if self.size <= 1:
+            return array
+        from .collectives import all_gather_rows
+
+        return all_gather_rows(array)
+
 
 def launched_by_msrun():
     return os.environ.get("MS_ROLE") in ("MS_WORKER", "MS_SCHED") and int(os.environ.get("MS_WORKER_NUM", "1")) > 1

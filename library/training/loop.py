@@ -13,8 +13,9 @@ import numpy as np
 
 from ..errors import UserError
 from ..fileio import remove_abandoned_temp_files
-from ..diffusion.training import sample_noise, sample_timesteps
 from .lr_schedules import make_lr_schedule
+from .masks import uses_loss_mask
+from .noise import TrainingNoise
 from .optimizers import build_optimizer, set_learning_rates, optimizer_state_params, parse_optimizer_args
 from .progress import TrainingProgress
 from .saves import epoch_stem, remove_path, removed_epoch, removed_step, save_every_n_epochs, state_keep, step_stem
@@ -76,6 +77,9 @@ class TrainingLoop:
         self.runner = StepRunner(self.method.objective, self.optimizer, args.max_grad_norm,
                                  args.gradient_accumulation_steps, self.world.size, self.method.loss_scale)
         self.noise_rng = np.random.default_rng(args.seed if args.seed is not None else 0)
+        self.noise = TrainingNoise(args, self.world)
+        if hasattr(self.method, "set_loss_mask"):  # masked loss: a graph input, decided before the first step
+            self.method.set_loss_mask(uses_loss_mask(args, self.dataset))
         self.optimizer_state = optimizer_state_params(self.optimizer)
         self.validator = None
         if self.validation_dataset is not None and len(self.validation_dataset):
@@ -144,17 +148,14 @@ class TrainingLoop:
         return step
 
     def _inputs(self, batch):
-        latents = self.latent_source(batch) * self.spec.vae_scaling_factor
-        # Noise and timesteps for the global batch, sliced per worker: a data-parallel run sees exactly the
-        # random numbers of a single-process run with the same global batch.
-        world = self.world
-        global_shape = (latents.shape[0] * world.size,) + latents.shape[1:]
-        noise = sample_noise(self.noise_rng, np.zeros(global_shape, np.float32), self.args.noise_offset,
-                             self.args.noise_offset_random_strength)
-        timesteps = sample_timesteps(self.noise_rng, global_shape[0], self.args.min_timestep,
-                                     self.args.max_timestep)
-        part = slice(world.rank * latents.shape[0], (world.rank + 1) * latents.shape[0])
-        return self.method.step_inputs(batch, latents.astype(np.float32), noise[part], timesteps[part])
+        latents = (self.latent_source(batch) * self.spec.vae_scaling_factor).astype(np.float32)
+        if hasattr(self.method, "before_batch"):  # e.g. the dataset's LoRA network_multiplier
+            self.method.before_batch(batch)
+        # drawn for the global batch and sliced per worker (see noise.py)
+        drawn = self.noise(latents, self.noise_rng)
+        if drawn.input_noise is None:
+            return self.method.step_inputs(batch, latents, drawn.noise, drawn.timesteps)
+        return self.method.step_inputs(batch, latents, drawn.noise, drawn.timesteps, input_noise=drawn.input_noise)
 
     def _set_lr(self):
         """The lr for the NEXT update: the schedule after `schedule_step` steps (torch's last_epoch)."""

@@ -8,11 +8,12 @@ import numpy as np
 from mindspore import Tensor
 
 from ..diffusion.schedule import make_schedule
-from ..diffusion.training import DiffusionTargets
+from ..diffusion.training import DiffusionTargets, LossOptions
 from ..models.precision import apply_mixed_precision_to_models
 from ..models.text_conditioning import TextConditioner
 from ..text.chunking import tokenize_weighted_captions
 from .loss_scale import DynamicLossScale
+from .masks import loss_mask
 from .objective import DiffusionObjective
 
 
@@ -39,9 +40,10 @@ class DiffusionMethod:
         args = self.args
         num_chunks = {None: 1, 75: 1, 150: 2, 225: 3}.get(args.max_token_length, 1)
         conditioner = TextConditioner(self.bundle.text_encoders, self.spec.family, args.clip_skip, num_chunks)
-        targets = DiffusionTargets(make_schedule(zero_terminal_snr=getattr(args, 'zero_terminal_snr', False)),
-                                   v_prediction=self.v_prediction,
-                                   min_snr_gamma=args.min_snr_gamma)
+        # kohya: the noise is added with the zero-terminal-SNR schedule, the SNR weights keep the original one
+        targets = DiffusionTargets(make_schedule(zero_terminal_snr=bool(getattr(args, "zero_terminal_snr", False))),
+                                   v_prediction=self.v_prediction, options=LossOptions.from_args(args),
+                                   snr_schedule=make_schedule())
         self.num_chunks = num_chunks
         self.weighted_captions = bool(getattr(args, "weighted_captions", False))
         self.objective = DiffusionObjective(self.bundle.unet, conditioner, targets, self.sdxl,
@@ -58,7 +60,12 @@ class DiffusionMethod:
     def param_groups(self, lr):
         return [{"params": list(self.trainable.values()), "lr": lr}]
 
-    def step_inputs(self, batch, latents, noise, timesteps):
+    def set_loss_mask(self, enabled):
+        """Masked loss on or off (the loop decides from the options and the datasets, before the first step)."""
+        self.objective.targets.set_masked(enabled)
+
+    def step_inputs(self, batch, latents, noise, timesteps, input_noise=None):
+        """The objective's inputs for one batch (see objective.py); `input_noise` with --ip_noise_gamma."""
         ids, caption_weights = batch["input_ids"], None
         if self.weighted_captions:  # kohya re-tokenizes the final captions, reading their (word:1.2) weights
             ids, caption_weights = tokenize_weighted_captions(self.bundle.tokenizers, batch["captions"],
@@ -72,10 +79,16 @@ class DiffusionMethod:
         else:
             time_ids = np.zeros((b, 6), np.float32)
         weights = np.asarray(batch["loss_weights"], np.float32)
-        inputs = (Tensor(latents), Tensor(noise), Tensor(timesteps.astype(np.int32)), Tensor(weights),
+        inputs = (Tensor(latents), Tensor(noise), Tensor(np.asarray(timesteps).astype(np.int32)), Tensor(weights),
                   ids1, ids2, Tensor(time_ids))
-        if caption_weights is not None:
+        extras = self.objective.extra_inputs
+        if "caption_weights" in extras:
             inputs += (Tensor(np.asarray(caption_weights, np.float32)),)
+        if "input_noise" in extras:
+            inputs += (Tensor(noise if input_noise is None else input_noise),)
+        if "mask" in extras:
+            mask = loss_mask(batch, latents.shape)
+            inputs += (Tensor(np.ones(latents.shape, np.float32) if mask is None else mask),)
         return inputs
 
     def checkpoint_stem(self):

@@ -12,6 +12,7 @@ from ..config.kohya_options import add_kohya_options, apply_kohya_options
 from .args import (add_model_arguments, add_training_arguments, add_optimizer_arguments, add_sample_arguments,
                    normalise_warmup)
 from .model_spec import add_model_spec_arguments, check_model_spec_arguments
+from .loss_args import add_loss_arguments, check_loss_arguments, check_loss_arguments_for_model
 
 log = logging.getLogger("sdms.training")
 
@@ -23,6 +24,7 @@ def build_parser(description, support_dropout, add_method_arguments, script=None
     add_model_arguments(parser)
     add_dataset_arguments(parser, support_dropout=support_dropout)
     add_training_arguments(parser)
+    add_loss_arguments(parser)
     add_optimizer_arguments(parser)
     add_sample_arguments(parser)
     add_method_arguments(parser)
@@ -58,6 +60,7 @@ def parse_arguments(parser, argv):
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(3), "little")
     normalise_warmup(args)
+    check_loss_arguments(args)
     check_schedule_saving_and_validation(args)
     return args
 
@@ -114,10 +117,12 @@ def build_data(args, tokenizers, caption_hook, support_dropout, world, family=No
     """`blueprint`: the dataset plan preflight already validated (else made from args here)."""
     from ..data.build import build_dataset_group, verify_bucket_reso_steps
     from ..text.chunking import make_tokenize_fn
+    from .masks import uses_loss_mask
 
     group = build_dataset_group(blueprint or args, tokenize=make_tokenize_fn(tokenizers, args.max_token_length),
                                 seed=args.seed, caption_hook=caption_hook, support_dropout=support_dropout)
     group.set_max_train_steps(args.max_train_steps)
+    uses_loss_mask(args, group, report=True)
     if family:
         verify_bucket_reso_steps(group, 32 if family == "sdxl" else 64)
     if world.size > 1:
@@ -130,8 +135,10 @@ def load_model(args):
     from ..checkpoints.loader import load_model as load
 
     path = resolve_pretrained_path(args.pretrained_model_name_or_path)
-    return load(path, model_config=args.model_config, v2=args.v2, v_parameterization=args.v_parameterization,
-                sdxl=args.sdxl, allow_pickle=args.allow_unsafe_pickle, vae=args.vae)
+    bundle = load(path, model_config=args.model_config, v2=args.v2, v_parameterization=args.v_parameterization,
+                  sdxl=args.sdxl, allow_pickle=args.allow_unsafe_pickle, vae=args.vae)
+    check_loss_arguments_for_model(args, bundle.spec)  # v-parameterization may be auto-detected
+    return bundle
 
 
 TINY_MODEL_DIR = os.path.join("models")

@@ -4,11 +4,24 @@ The encoders keep their frozen tables; each gets a small trainable [N, dim] Para
 (see library/models/clip.py), so only those rows can change (weight decay included) and the optimizer state
 is tiny. SDXL trains rows in both encoders (768 and 1280 wide) and saves them as `clip_l` / `clip_g`.
 """
+import logging
+
 import numpy as np
 
 from ..errors import UserError
 from ..text.token_strings import init_ids
 from .method import DiffusionMethod
+
+log = logging.getLogger("sdms.training")
+
+
+def warn_network_multipliers(group):
+    """A dataset's network_multiplier scales a LoRA's output; textual inversion trains no network."""
+    odd = [f"{d.params.source}: {d.params.network_multiplier:g}" for d in group.datasets
+           if d.params.network_multiplier != 1.0]
+    if odd:
+        log.warning("network_multiplier is ignored by textual inversion (it scales a LoRA network, and none is "
+                    "trained here): %s", ", ".join(odd))
 
 
 class TextualInversion(DiffusionMethod):
