@@ -130,7 +130,7 @@ def main(argv):
 
     method = LoRATraining(args, bundle, dataset_group=data)
     total, steps_per_epoch = total_steps(args, len(data), world.size)
-    method.attach_metadata(data, steps_per_epoch, total)
+    method.attach_metadata(data, steps_per_epoch, total, validation)
     sample_fn = method.with_unit_multiplier(session.make_sample_fn(args, bundle))
     saved = session.run_training(args, bundle, data, method, world, sample_fn, validation)
     if saved is None and world.is_main:

@@ -6,8 +6,10 @@ options table in docs/*/differences_from_kohya.md is what the generator writes; 
 import logging
 import os
 
+import numpy as np
 import pytest
 import toml
+from mindspore import Tensor, nn
 
 import train_network
 import train_textual_inversion
@@ -407,3 +409,42 @@ def test_kohya_ss_gui_textual_inversion_toml(gui_root, capsys):
     out = capsys.readouterr()
     assert "token ids of 'mytoy'" in out.out
     assert "--sdpa: ignored here" in out.err
+
+
+class _LossProbe(nn.Cell):
+    """The loss half of the training objective, in a compiled graph: (prediction, target, timesteps) -> loss."""
+
+    def __init__(self, targets):
+        super().__init__()
+        self.targets = targets
+
+    def construct(self, prediction, target, timesteps, loss_weights):
+        return self.targets(prediction, target, timesteps, loss_weights, None)
+
+
+def test_gui_toml_loss_type_reaches_the_loss(gui_root, clean_logging):
+    """The same GUI TOML with loss_type = "huber" trains with another loss than with "l2": the file's values go
+    through the trainer's parser into the loss Cell the objective is built with (method.diffusion_targets),
+    and each gives kohya's formula (huber_schedule snr, huber_c 0.1 from the file)."""
+    from library.diffusion.schedule import make_schedule
+    from library.training.method import diffusion_targets
+
+    rng = np.random.default_rng(0)
+    prediction, target = (rng.standard_normal((2, 4, 8, 8)).astype(np.float32) for _ in range(2))
+    timesteps = np.array([10, 900], np.int32)
+    losses = {}
+    for loss_type in ("l2", "huber"):
+        path = gui_root / f"config_{loss_type}.toml"
+        path.write_text(gui_toml({**lora_gui_values(gui_root), "loss_type": loss_type}), encoding="utf-8")
+        args = session.parse_arguments(train_network.build_parser(), ["--config_file", str(path)])
+        assert (args.loss_type, args.huber_schedule, args.huber_c) == (loss_type, "snr", 0.1)
+        probe = _LossProbe(diffusion_targets(args, v_prediction=False))
+        losses[loss_type] = float(probe(Tensor(prediction), Tensor(target), Tensor(timesteps),
+                                        Tensor(np.ones(2, np.float32))).asnumpy())
+    diff = (prediction - target).astype(np.float64)
+    alphas = make_schedule().alphas_cumprod[timesteps].reshape(-1, 1, 1, 1)
+    c = (1 - 0.1) / (1 + np.sqrt((1 - alphas) / alphas)) ** 2 + 0.1  # kohya's snr huber schedule
+    huber = (2 * c * (np.sqrt(diff ** 2 + c ** 2) - c)).mean()
+    np.testing.assert_allclose(losses["l2"], (diff ** 2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(losses["huber"], huber, rtol=1e-5)
+    assert abs(losses["huber"] - losses["l2"]) > 0.1 * losses["l2"]

@@ -119,15 +119,20 @@ def test_v_parameterization_rules_once_the_model_is_known(caplog):
 
 
 def test_model_rules_run_right_after_the_model_loads(tmp_path, capsys):
-    """train_network refuses --scale_v_pred_loss_like_noise_pred on a noise-prediction model before any data
-    is read (the dataset folder does not even exist)."""
+    """train_network refuses --scale_v_pred_loss_like_noise_pred on a noise-prediction model right after it
+    loads (the prediction type may come from the checkpoint), before the dataset is built or latents cached."""
+    import numpy as np
+    from PIL import Image
     from library.checkpoints.tiny import ensure_tiny_checkpoint
     from library.errors import run_cli
 
     model = ensure_tiny_checkpoint("tiny-sd15", tmp_path / "tiny-sd15.safetensors")
+    images = tmp_path / "train" / "1_toy"
+    images.mkdir(parents=True)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(images / "a.png")
     with pytest.raises(SystemExit) as stop:
         run_cli(train_network.main, ["--pretrained_model_name_or_path", str(model), "--train_data_dir",
-                                     str(tmp_path / "missing"), "--resolution", "64", "--output_dir",
+                                     str(tmp_path / "train"), "--resolution", "64", "--output_dir",
                                      str(tmp_path / "out"), "--scale_v_pred_loss_like_noise_pred"])
     assert stop.value.code == 2
     assert "--scale_v_pred_loss_like_noise_pred needs a v-prediction model" in capsys.readouterr().err

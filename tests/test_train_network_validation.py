@@ -144,3 +144,15 @@ def test_kohya_saves_with_validation(runs):
     assert sorted(os.listdir(runs / "a")) == ["dog-state", "dog-step00000006-state", "dog-step00000006.safetensors",
                                               "dog-step00000008-state", "dog-step00000008.safetensors",
                                               "dog.safetensors"]
+
+
+def test_validation_settings_are_in_the_lora_metadata(runs):
+    from safetensors import safe_open
+
+    with safe_open(str(runs / "a" / "dog.safetensors"), "np") as f:
+        metadata = f.metadata()
+    assert metadata["ss_validate_every_n_steps"] == "2" and metadata["ss_max_validation_steps"] == "3"
+    assert metadata["ss_validation_seed"] == "3" and metadata["ss_validate_every_n_epochs"] == "None"
+    assert metadata["ss_num_validation_images"] == "4"  # 2 held-out images x 2 repeats, as kohya counts them
+    with safe_open(str(runs / "b" / "dog.safetensors"), "np") as f:
+        assert f.metadata()["ss_num_validation_images"] == "0"

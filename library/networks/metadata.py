@@ -20,7 +20,7 @@ NETWORK_MODULE = "networks.lora"
 class TrainingMetadata:
     """Collects kohya's ss_* values for one training run."""
 
-    def __init__(self, args, spec, network, group, steps_per_epoch, total_steps):
+    def __init__(self, args, spec, network, group, steps_per_epoch, total_steps, validation_group=None):
         self.args = args
         self.spec = spec
         a = args
@@ -57,7 +57,13 @@ class TrainingMetadata:
             "caption_dropout_every_n_epochs": a.caption_dropout_every_n_epochs,
             "caption_tag_dropout_rate": a.caption_tag_dropout_rate,
             "face_crop_aug_range": a.face_crop_aug_range, "scale_weight_norms": a.scale_weight_norms,
-            "training_comment": a.training_comment,
+            "training_comment": a.training_comment, "fp8_base": False, "fp8_base_unet": False,
+            "resize_interpolation": a.resize_interpolation,
+            # kohya's validation keys (the options as given; images = the held-out images x repeats)
+            "validation_seed": a.validation_seed, "validation_split": a.validation_split,
+            "max_validation_steps": a.max_validation_steps, "validate_every_n_epochs": a.validate_every_n_epochs,
+            "validate_every_n_steps": a.validate_every_n_steps,
+            "num_validation_images": validation_group.num_train_images if validation_group is not None else 0,
             "sd_model_name": os.path.basename(os.path.normpath(model_path)) if model_path else None,
             "sd_model_hash": model_hash, "new_sd_model_hash": new_model_hash,
             "sd_scripts_commit_hash": "sdms",

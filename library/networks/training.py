@@ -87,10 +87,11 @@ class LoRATraining(DiffusionMethod):
         log.info("--network_weights %s: loaded %d modules; %d not in the file, %d in the file not trained",
                  path, len(self.network) - len(missing), len(missing), len(unexpected))
 
-    def attach_metadata(self, group, steps_per_epoch, total_steps):
+    def attach_metadata(self, group, steps_per_epoch, total_steps, validation_group=None):
         from .metadata import TrainingMetadata
 
-        self.metadata = TrainingMetadata(self.args, self.spec, self.network, group, steps_per_epoch, total_steps)
+        self.metadata = TrainingMetadata(self.args, self.spec, self.network, group, steps_per_epoch, total_steps,
+                                         validation_group)
 
     # ------------------------------------------------------------------ datasets' network_multiplier
     def _setup_dataset_multipliers(self, multipliers):

@@ -17,6 +17,14 @@ from .masks import loss_mask
 from .objective import DiffusionObjective
 
 
+def diffusion_targets(args, v_prediction):
+    """The noising, target and loss Cell a run's options ask for (loss type, SNR weights, zero terminal SNR)."""
+    # kohya: the noise is added with the zero-terminal-SNR schedule, the SNR weights keep the original one
+    return DiffusionTargets(make_schedule(zero_terminal_snr=bool(getattr(args, "zero_terminal_snr", False))),
+                            v_prediction=v_prediction, options=LossOptions.from_args(args),
+                            snr_schedule=make_schedule())
+
+
 class DiffusionMethod:
     trainable = {}
     loss_scale = None
@@ -40,10 +48,7 @@ class DiffusionMethod:
         args = self.args
         num_chunks = {None: 1, 75: 1, 150: 2, 225: 3}.get(args.max_token_length, 1)
         conditioner = TextConditioner(self.bundle.text_encoders, self.spec.family, args.clip_skip, num_chunks)
-        # kohya: the noise is added with the zero-terminal-SNR schedule, the SNR weights keep the original one
-        targets = DiffusionTargets(make_schedule(zero_terminal_snr=bool(getattr(args, "zero_terminal_snr", False))),
-                                   v_prediction=self.v_prediction, options=LossOptions.from_args(args),
-                                   snr_schedule=make_schedule())
+        targets = diffusion_targets(args, self.v_prediction)
         self.num_chunks = num_chunks
         self.weighted_captions = bool(getattr(args, "weighted_captions", False))
         self.objective = DiffusionObjective(self.bundle.unet, conditioner, targets, self.sdxl,
