@@ -5,6 +5,7 @@ the loss). Every run compiles a training graph, so there are four."""
 import csv
 import glob
 import logging
+import json
 import math
 import os
 
@@ -144,6 +145,8 @@ network_multiplier = 0.7
         meta = f.metadata()
     assert meta["ss_loss_type"] == "smooth_l1" and meta["ss_huber_schedule"] == "exponential"
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_v_parameterization"] == "True"
+    datasets = json.loads(meta["ss_datasets"])
+    assert datasets[0]["is_dreambooth"] is False and "conditioning_data_dir" in datasets[0]["subsets"][0]
 
 
 def test_sd1_textual_inversion_with_options_combined(root, caplog):

@@ -68,8 +68,10 @@ def _subset_entry(subset, items, is_dreambooth):
     if is_dreambooth:
         entry["class_tokens"] = subset.class_tokens
         entry["is_reg"] = subset.is_reg
-    else:
+    elif subset.metadata_file:
         entry["metadata_file"] = os.path.basename(subset.metadata_file)
+    else:  # a ControlNet-style subset (masked loss); kohya's writer has no branch for it and fails
+        entry["conditioning_data_dir"] = os.path.basename(os.path.normpath(subset.conditioning_data_dir))
     return entry
 
 
