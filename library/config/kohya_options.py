@@ -16,7 +16,7 @@ for unused things, which must not fail):
 The facts (names, defaults, types per kohya script; keys the kohya_ss GUI writes that are no option of these
 scripts) are data: kohya_options_v0.10.1.json next to this file. The options table of
 docs/<lang>/differences_from_kohya.md is generated from this module and the parsers:
-    python -m library.config.kohya_options --markdown en   (or zh)
+    python -m library.config.options_table --markdown en   (or zh)
 """
 import argparse
 import json
@@ -357,7 +357,7 @@ _WORDS = {
            "lora": "train_network.py（含 sdxl_）", "ti": "train_textual_inversion.py（含 sdxl_）",
            "gen": "gen_img.py", "details": "说明（程序输出的原文）", "sdxl_only": "（仅 SDXL 脚本）"},
 }
-TABLE_START = "<!-- kohya-options-table:start (generated: python -m library.config.kohya_options --markdown) -->"
+TABLE_START = "<!-- kohya-options-table:start (generated: python -m library.config.options_table --markdown) -->"
 TABLE_END = "<!-- kohya-options-table:end -->"
 
 
@@ -415,20 +415,3 @@ def render_doc(text, lang, parsers):
     """`text` with the part between the table markers replaced by the generated tables."""
     start, end = text.index(TABLE_START) + len(TABLE_START), text.index(TABLE_END)
     return text[:start] + "\n" + markdown_tables(lang, parsers) + text[end:]
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="rewrite the kohya options table of "
-                                                 "docs/<lang>/differences_from_kohya.md")
-    parser.add_argument("--markdown", choices=sorted(_WORDS), required=True)
-    args = parser.parse_args(argv)
-    path = doc_path(args.markdown)
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(render_doc(text, args.markdown, our_parsers()))
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()
