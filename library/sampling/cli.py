@@ -1,5 +1,4 @@
 """gen_img.py: kohya's image generator options -> PNG files (see kohya_sd_scripts.md section 7)."""
-import argparse
 import os
 import sys
 
@@ -10,6 +9,7 @@ from ..diffusion.samplers import SAMPLER_NAMES, resolve_sampler
 from ..config.console_log import add_logging_arguments, setup_logging
 from ..config.kohya_options import add_kohya_options, apply_kohya_options
 from ..errors import UserError
+from ..config.cli_parser import CliParser
 from .checks import check_sample_settings
 from .embeddings import expand_prompt, load_embeddings
 from .networks import check_networks, load_networks, set_multipliers
@@ -19,7 +19,7 @@ from .requests import batches, build_requests
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="gen_img.py", description="Text-to-image for SD1.x / SD2.x / SDXL")
+    p = CliParser(prog="gen_img.py", description="Text-to-image for SD1.x / SD2.x / SDXL")
     m = p.add_argument_group("model")
     m.add_argument("--ckpt", required=True, help="single-file checkpoint (.safetensors/.ckpt) or diffusers folder")
     m.add_argument("--v1", action="store_true", help="SD1.x model (the default when not detected otherwise)")

@@ -1,10 +1,10 @@
 """Set-up steps both trainer CLIs take, in order: arguments, device, tokenizers, data, model, latents, samples."""
-import argparse
 import logging
 import os
 import signal
 
 from ..errors import UserError
+from ..config.cli_parser import CliParser
 from ..config.cli_args import add_dataset_arguments, add_config_file_arguments, load_config_file
 from ..config.args_file import write_config_file
 from ..config.console_log import add_logging_arguments, setup_logging
@@ -20,7 +20,7 @@ log = logging.getLogger("sdms.training")
 def build_parser(description, support_dropout, add_method_arguments, script=None):
     """`script` ("train_network" / "train_textual_inversion"): accept every other kohya option of that script
     (ignored with a line or refused, see config/kohya_options.py)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = CliParser(description=description)
     add_model_arguments(parser)
     add_dataset_arguments(parser, support_dropout=support_dropout)
     add_training_arguments(parser)
