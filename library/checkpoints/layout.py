@@ -121,3 +121,23 @@ def update_single_file(original, components, spec, logit_scales=None):
             value = value.reshape(before)
         out[key] = value
     return out
+
+
+_TOKEN_EMBEDDING = {"hf": ("text_model.embeddings.token_embedding.weight", "embeddings.token_embedding.weight"),
+                    "openclip": ("token_embedding.weight",)}
+
+
+def token_embedding_keys(names):
+    """(family, [the single-file key of each text encoder's token embedding]) from a file's tensor names, or
+    (None, []) when the file holds no complete set (reading just these rows needs no model)."""
+    names = set(names)
+    for family in ("sdxl", "sd2", "sd1"):
+        keys = []
+        for naming, prefix in TEXT_ENCODER_LAYOUTS[family]:
+            found = [prefix + n for n in _TOKEN_EMBEDDING[naming] if prefix + n in names]
+            if not found:
+                break
+            keys.append(found[0])
+        else:
+            return family, keys
+    return None, []
