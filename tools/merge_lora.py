@@ -35,6 +35,8 @@ def add_common_arguments(p):
                    help="dtype of the saved weights (default: --precision)")
     p.add_argument("--no_metadata", action="store_true",
                    help="do not write SAI model-spec metadata (a LoRA keeps kohya's minimum ss_* keys)")
+    p.add_argument("--lbws", type=str, nargs="*", default=None,
+                   help="kohya's per-block ratios: not available here yet (refused with a message)")
     add_pickle_option(p)
     add_device_option(p)
 
@@ -64,6 +66,8 @@ def build_parser():
 
 
 def check_common(args):
+    if args.lbws:
+        raise UserError("--lbws (per-block ratios) is not available yet: merge with one ratio per file (--ratios)")
     if not args.models:
         raise UserError("--models is required: the LoRA files to merge")
     if args.ratios is None or len(args.ratios) != len(args.models):
