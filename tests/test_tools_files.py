@@ -11,16 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from bad_inputs_helpers import expect_failure
-from library.formats.embeddings import read_embedding, save_embedding
+from library.formats.embeddings import save_embedding
 from library.formats.lora import save_lora
-from library.formats.safetensors_io import Bf16Tensor, read_header, read_safetensors
+from library.formats.safetensors_io import Bf16Tensor, read_header, read_safetensors, write_safetensors
 from library.formats.torch_zip import read_torch_file, write_torch_file
 from tools import (check_lora_weights, convert_embedding, extract_lora_from_models, inspect_embedding, merge_lora,
                    resize_lora, show_metadata, svd_merge_lora)
-from tools_helpers import assert_close, delta, random_lora, tiny_model, torch_pipeline
+from tools_helpers import delta, random_lora, tiny_model, torch_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = ("resize_lora", "merge_lora", "svd_merge_lora", "extract_lora_from_models", "show_metadata",
@@ -168,11 +167,9 @@ def test_show_metadata_and_check_lora_weights(sd15, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------------- bad input
 def _loha(path):
-    save_lora_like = {"lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a": np.ones((4, 2), np.float32),
-                      "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": np.array(1.0, np.float32)}
-    from library.formats.safetensors_io import write_safetensors
-
-    write_safetensors(path, save_lora_like)
+    """A LyCORIS LoHa file (kohya-style names, hada_ parts)."""
+    write_safetensors(path, {"lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a": np.ones((4, 2), np.float32),
+                             "lora_unet_down_blocks_0_attentions_0_proj_in.alpha": np.array(1.0, np.float32)})
 
 
 def test_bad_input_is_one_error_and_no_file(sd15, tmp_path, capfd):

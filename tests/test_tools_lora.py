@@ -248,7 +248,7 @@ def _low_rank_deltas(model, names, rank, scale, seed):
     return deltas
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_extracted_lora_reproduces_a_known_low_rank_delta(models, tmp_path, family):
     path, model = models[family]
     names = [t.lora_name for t in targets_of(model.spec)]

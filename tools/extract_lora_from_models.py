@@ -95,6 +95,7 @@ def main(argv=None):
     check_args(args)
 
     from library.checkpoints.components import read_model_components
+    from library.checkpoints.detect import FAMILY_NAMES
     from library.formats.lora import save_lora
     from library.networks.extract import extract_modules, lora_targets, weight_differences
     from library.networks.lowrank import join_modules
@@ -105,10 +106,9 @@ def main(argv=None):
         models.append(read_model_components(getattr(args, option), v2=args.v2, sdxl=args.sdxl,
                                             allow_pickle=args.allow_unsafe_pickle))
     original, tuned = models
-    if (original.spec.family, original.spec.unet, original.spec.text_encoders) != \
-            (tuned.spec.family, tuned.spec.unet, tuned.spec.text_encoders):
-        raise UserError(f"--model_org is {original.spec.name} ({original.spec.family}) but --model_tuned is "
-                        f"{tuned.spec.name} ({tuned.spec.family}): a LoRA comes from two models of one architecture")
+    if original.spec.family != tuned.spec.family:  # (shapes are compared weight by weight below)
+        raise UserError(f"--model_org is {FAMILY_NAMES[original.spec.family]} but --model_tuned is "
+                        f"{FAMILY_NAMES[tuned.spec.family]}: a LoRA comes from two models of one architecture")
     targets = lora_targets(original.spec, with_conv=args.conv_dim is not None)
     differences, _ = weight_differences(original.components, tuned.components, targets, args.min_diff,
                                         args.load_precision, (args.model_org, args.model_tuned))

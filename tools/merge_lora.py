@@ -105,7 +105,7 @@ def check_args(args):
         if args.concat and args.new_rank is not None:
             raise UserError("--concat and --new_rank are two ways to merge: choose one")
         if args.v2 or args.sdxl:
-            raise UserError("--v2 / --sdxl describe the --sd_model checkpoint; merging LoRAs needs no model")
+            say("--v2 / --sdxl describe a --sd_model checkpoint: ignored when LoRAs merge into one LoRA")
         check_save_path(args.save_to)
 
 

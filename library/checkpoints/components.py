@@ -98,7 +98,7 @@ def cast_floats(tensors, save_dtype):
         elif target == "bf16":
             out[name] = Bf16Tensor.from_float32(array)
         else:
-            out[name] = array.astype(target)
+            out[name] = array.astype(target, copy=False)  # (a full model must not be copied twice)
     return out
 
 
