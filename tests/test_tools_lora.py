@@ -290,3 +290,34 @@ def test_extraction_leaves_out_text_encoders_below_min_diff(models, tmp_path):
     extracted, metadata = read_lora_file(out)
     assert names[0].startswith("lora_te_") and not any(k.startswith("lora_te") for k in extracted)
     assert "modelspec.title" not in metadata and metadata["ss_base_model_version"] == "sd_v1"
+
+
+# ----------------------------------------------------------------------------------------------- writing back
+def test_written_back_file_keeps_conv_shaped_projections_and_legacy_text_names(models):
+    """Files of other writers: SD2 proj_in/proj_out stored as [C, C, 1, 1], SD1 text keys without
+    `text_model.`; a changed weight lands under the file's own key and shape, nothing else moves."""
+    from library.checkpoints.layout import split_single_file, update_single_file
+
+    _, sd2 = models["sd2"]
+    original = {k: (v.reshape(v.shape + (1, 1)) if k.endswith(("proj_in.weight", "proj_out.weight")) else v)
+                for k, v in sd2.original.items()}
+    components, unexpected, extras = split_single_file(original, sd2.spec)
+    assert not unexpected
+    key = next(k for k in components["unet"] if k.endswith("attentions.0.proj_in.weight"))
+    components["unet"][key] = components["unet"][key] + 1.0
+    written = update_single_file(original, components, sd2.spec, extras["logit_scale"])
+    changed = [k for k in original if not np.array_equal(written[k], original[k])]
+    assert len(changed) == 1 and changed[0].endswith("proj_in.weight") and written[changed[0]].ndim == 4
+    assert np.array_equal(written[changed[0]], original[changed[0]] + 1.0)
+
+    _, sd1 = models["sd1"]
+    prefix = "cond_stage_model.transformer."
+    legacy = {(prefix + k[len(prefix + "text_model."):] if k.startswith(prefix + "text_model.") else k): v
+              for k, v in sd1.original.items()}
+    components, _, extras = split_single_file(legacy, sd1.spec)
+    name = "text_model.encoder.layers.0.self_attn.q_proj.weight"
+    components["text_encoders"][0][name] = components["text_encoders"][0][name] * 2
+    written = update_single_file(legacy, components, sd1.spec, extras["logit_scale"])
+    assert written.keys() == legacy.keys()
+    changed = [k for k in legacy if not np.array_equal(written[k], legacy[k])]
+    assert changed == [prefix + "encoder.layers.0.self_attn.q_proj.weight"]
