@@ -39,3 +39,10 @@ def setup_logging(verbose=False):
 
 def say(message):
     logging.getLogger("tools").info(message)
+
+
+def mention_ignored(args):
+    """kohya's device options do nothing here; say so when they are given (nothing is ignored silently)."""
+    for option in ("device", "load_original_model_to", "load_tuned_model_to"):
+        if getattr(args, option, None):
+            say(f"--{option} {getattr(args, option)}: ignored (the tools compute with numpy on the CPU)")

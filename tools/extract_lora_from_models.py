@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools._common import (PRECISIONS, UserError, add_device_option, add_pickle_option, make_parser,  # noqa: E402
-                           positive, run_cli, say, setup_logging)
+                           mention_ignored, positive, run_cli, say, setup_logging)
 
 
 def build_parser():
@@ -92,6 +92,7 @@ def extraction_metadata(args, spec):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
+    mention_ignored(args)
     check_args(args)
 
     from library.checkpoints.components import read_model_components

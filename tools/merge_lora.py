@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools._common import (PRECISIONS, UserError, add_device_option, add_pickle_option, make_parser,  # noqa: E402
-                           positive, run_cli, say, setup_logging)
+                           mention_ignored, positive, run_cli, say, setup_logging)
 
 SVD_CLAMP_QUANTILE = 0.99
 
@@ -194,6 +194,7 @@ def merge_into_lora(args, loras, metadatas, family, svd):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
+    mention_ignored(args)
     check_args(args)
     loras, metadatas, family = read_loras(args)
     if args.sd_model is not None:

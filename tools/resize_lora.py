@@ -12,8 +12,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools._common import (UserError, add_device_option, add_pickle_option, make_parser, positive,  # noqa: E402
-                           run_cli, say, setup_logging)
+from tools._common import (UserError, add_device_option, add_pickle_option, make_parser,  # noqa: E402
+                           mention_ignored, positive, run_cli, say, setup_logging)
 
 SAVE_PRECISIONS = ("float", "fp16", "bf16")
 DYNAMIC_METHODS = ("sv_ratio", "sv_fro", "sv_cumulative")
@@ -74,7 +74,8 @@ def resized_metadata(metadata, args, modules, old_dim):
         metadata["ss_network_dim"] = metadata["ss_network_alpha"] = "Dynamic"
     else:
         conv_desc = "" if args.new_conv_rank == args.new_rank else f" (conv: {args.new_conv_rank})"
-        metadata["ss_training_comment"] = f"dimension is resized from {old_dim} to {args.new_rank}{conv_desc}; {comment}"
+        metadata["ss_training_comment"] = (f"dimension is resized from {old_dim} to {args.new_rank}{conv_desc}; "
+                                           f"{comment}")
         linear = {name: m for name, m in modules.items() if not m.is_conv} or modules
         metadata["ss_network_dim"], metadata["ss_network_alpha"] = dims_and_alphas(linear)
     return metadata
@@ -83,6 +84,7 @@ def resized_metadata(metadata, args, modules, old_dim):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
+    mention_ignored(args)
     args.new_conv_rank = args.new_rank if args.new_conv_rank is None else args.new_conv_rank
     check_args(args)
 

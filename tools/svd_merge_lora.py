@@ -12,8 +12,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools._common import make_parser, positive, run_cli, setup_logging  # noqa: E402
-from tools.merge_lora import SVD_CLAMP_QUANTILE, add_common_arguments, check_common, merge_into_lora, read_loras  # noqa: E402,E501
+from tools._common import make_parser, mention_ignored, positive, run_cli, setup_logging  # noqa: E402
+from tools.merge_lora import (SVD_CLAMP_QUANTILE, add_common_arguments, check_common,  # noqa: E402
+                              merge_into_lora, read_loras)
 
 
 def build_parser():
@@ -39,6 +40,7 @@ def check_args(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging()
+    mention_ignored(args)
     check_args(args)
     loras, metadatas, family = read_loras(args)
     merge_into_lora(args, loras, metadatas, family, svd=True)

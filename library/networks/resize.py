@@ -1,8 +1,9 @@
 """kohya resize_lora.py in numpy: each module's delta re-factored at a lower rank by SVD.
 
 Per module the singular values S of up @ down (the delta without its scale) give the new rank: `new_rank`
-(conv modules, 1x1 included as kohya: `new_conv_rank`), or a dynamic choice capped at it (sv_ratio: singular values above S[0] / param;
-sv_cumulative: the share of sum(S) reaching param; sv_fro: the share of the Frobenius norm reaching param).
+(conv modules, 1x1 included as kohya: `new_conv_rank`), or a dynamic choice capped at it (sv_ratio: singular
+values above S[0] / param; sv_cumulative: the share of sum(S) reaching param; sv_fro: the share of the
+Frobenius norm reaching param).
 The new factors are up = U S, down = Vh with alpha = scale * new rank, so the delta is the rank-r truncation
 of the original delta. A module whose rank would not go down is kept as it is (kohya pads it to the new rank).
 """
