@@ -63,16 +63,18 @@ def flat(array):
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_merged_checkpoint_equals_diffusers_fuse_lora(models, tmp_path, family):
     path, model = models[family]
-    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    random_lora(a, model, rank=4, seed=1)
-    random_lora(b, model, rank=3, conv_rank=1, seed=2)
+    # two LoRAs in sequence on SD1; one (the same code path) for the others, to keep the test short
+    loras = [(tmp_path / "a.safetensors", 0.7, 4, 2), (tmp_path / "b.safetensors", -0.4, 3, 1)]
+    loras = loras if family == "sd1" else loras[1:]
+    for seed, (lora, _, rank, conv_rank) in enumerate(loras):
+        random_lora(lora, model, rank=rank, conv_rank=conv_rank, seed=seed + 1)
     out = tmp_path / "merged.safetensors"
-    assert merge_lora.main(["--sd_model", str(path), "--models", str(a), str(b), "--ratios", "0.7", "-0.4",
-                            "--save_to", str(out)]) == 0
+    assert merge_lora.main(["--sd_model", str(path), "--models"] + [str(p) for p, *_ in loras] + ["--ratios"]
+                           + [str(r) for _, r, *_ in loras] + ["--save_to", str(out)]) == 0
 
     pipe = torch_pipeline(model.spec, model.components)
-    fuse(pipe, a, 0.7)
-    fuse(pipe, b, -0.4)
+    for lora, ratio, *_ in loras:
+        fuse(pipe, lora, ratio)
     reference = pipeline_parts(pipe)
     merged = read_model_components(out)
     assert merged.spec.family == family
@@ -95,7 +97,7 @@ def test_merged_checkpoint_equals_diffusers_fuse_lora(models, tmp_path, family):
     for key in [k for k in original if k.startswith("first_stage_model.")] + \
                [k for k in original if ".resblocks.3." in k]:  # VAE; SD2's OpenCLIP layer diffusers lacks
         assert np.array_equal(written[key], original[key]), key
-    assert metadata["modelspec.merged_from"] == f"{Path(path).stem}, a, b"
+    assert metadata["modelspec.merged_from"] == ", ".join([Path(path).stem] + [p.stem for p, *_ in loras])
 
 
 # ----------------------------------------------------------------------------------------------- resize
