@@ -151,8 +151,29 @@ def check_msrun(argv, caplog, monkeypatch):
     check_python([launch.task_script] + launch.task_script_args, caplog, monkeypatch)
 
 
+# The options of tools/*.py that name files the command reads.
+TOOL_INPUTS = ("model", "model_file", "models", "sd_model", "model_org", "model_tuned", "file", "input", "embeddings",
+               "ckpt")
+
+
+def check_tool(script, argv):
+    """A tools/ script: its real parser takes the command, and every file it reads exists or is produced."""
+    import importlib
+
+    module = importlib.import_module("tools." + Path(script).stem)
+    args = module.build_parser().parse_args(argv)
+    for option in TOOL_INPUTS:
+        value = getattr(args, option, None)
+        for path in ([value] if isinstance(value, str) else value or []):
+            check_readable(path, f"{script} {option}")
+
+
 def check_python(argv, caplog, monkeypatch):
     script, rest = argv[0], argv[1:]
+    if script.startswith("tools/") and script.endswith(".py"):
+        check_readable(script, "tool")
+        check_tool(script, rest)
+        return
     if script == "-m":
         assert rest[0] == "pytest", f"unexpected module {rest[0]}"
         for path in [a for a in rest[1:] if not a.startswith("-")]:

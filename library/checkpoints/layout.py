@@ -65,8 +65,11 @@ def split_single_file(tensors, spec):
     return components, unexpected, {"logit_scale": logit_scales}
 
 
-def join_single_file(components, spec, logit_scales=None):
-    """Per-component diffusers/transformers tensors -> one LDM/SGM-layout dict (raises if names do not map)."""
+def join_single_file(components, spec, logit_scales=None, fabricate=True):
+    """Per-component diffusers/transformers tensors -> one LDM/SGM-layout dict (raises if names do not map).
+
+    fabricate: make SD2's OpenCLIP last layer and projection, which diffusers' encoder lacks (a new file);
+    `update_single_file` writes into a file that has its own."""
     out, unmapped = {}, []
     unet, bad = diffusers_to_ldm_unet(components["unet"], spec.unet)
     out.update({UNET_PREFIX + n: a for n, a in unet.items()})
@@ -81,7 +84,7 @@ def join_single_file(components, spec, logit_scales=None):
         if naming == "hf":
             converted, bad = hf_clip_to_single_file(tensors), []
         else:
-            extra = SD2_EXTRA_OPENCLIP_LAYERS if spec.family == "sd2" else 0
+            extra = SD2_EXTRA_OPENCLIP_LAYERS if spec.family == "sd2" and fabricate else 0
             converted, bad = hf_to_openclip(tensors, config, extra_layers=extra, logit_scale=logit_scales[index])
         out.update({prefix + n: a for n, a in converted.items()})
         unmapped += [f"text encoder {index + 1}: {n}" for n in bad]
@@ -89,3 +92,52 @@ def join_single_file(components, spec, logit_scales=None):
         # A programming error (the Cells' names are fixed), not a user error: fail loudly.
         raise ValueError(f"{len(unmapped)} tensor(s) have no single-file name, e.g. {unmapped[:5]}")
     return {name: np.asarray(array) for name, array in out.items()}
+
+
+def _legacy_text_name(key):
+    """The SD1 name old files use (no `text_model.` after the encoder prefix), or None."""
+    for _, prefix in TEXT_ENCODER_LAYOUTS["sd1"]:
+        if key.startswith(prefix + "text_model."):
+            return prefix + key[len(prefix + "text_model."):]
+    return None
+
+
+def update_single_file(original, components, spec, logit_scales=None):
+    """The original file's tensors with the components written back in its own layout (kohya saves a merged
+    model over its source checkpoint the same way): the original's key names and shapes (e.g. a [C, C, 1, 1]
+    proj_in), and every key the components do not hold (SD2's last OpenCLIP layer, EMA, ...) kept as it is."""
+    joined = join_single_file(components, spec, logit_scales, fabricate=False)
+    out = dict(original)
+    for key, value in joined.items():
+        if key not in original:
+            key = _legacy_text_name(key)
+            if key is None or key not in original:
+                continue  # e.g. a logit_scale the original never had
+        value = np.asarray(value)
+        before = np.shape(original[key])
+        if value.shape != before:
+            if value.size != int(np.prod(before)):
+                raise ValueError(f"{key}: shape {value.shape} does not fit the file's {before}")
+            value = value.reshape(before)
+        out[key] = value
+    return out
+
+
+_TOKEN_EMBEDDING = {"hf": ("text_model.embeddings.token_embedding.weight", "embeddings.token_embedding.weight"),
+                    "openclip": ("token_embedding.weight",)}
+
+
+def token_embedding_keys(names):
+    """(family, [the single-file key of each text encoder's token embedding]) from a file's tensor names, or
+    (None, []) when the file holds no complete set (reading just these rows needs no model)."""
+    names = set(names)
+    for family in ("sdxl", "sd2", "sd1"):
+        keys = []
+        for naming, prefix in TEXT_ENCODER_LAYOUTS[family]:
+            found = [prefix + n for n in _TOKEN_EMBEDDING[naming] if prefix + n in names]
+            if not found:
+                break
+            keys.append(found[0])
+        else:
+            return family, keys
+    return None, []

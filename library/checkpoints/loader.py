@@ -8,34 +8,17 @@ import os
 import numpy as np
 
 from ..errors import UserError
-from ..formats.safetensors_io import Bf16Tensor, read_safetensors, write_safetensors
+from ..formats.safetensors_io import write_safetensors
 from ..models.weights import load_state_dict, state_dict
-from .detect import check_overrides, decide_prediction, detect_spec, resolve_model_config, with_prediction
-from .diffusers_folder import (TOKENIZER_FOLDERS, is_diffusers_folder, read_component, read_diffusers_components,
-                               read_vae_folder, spec_from_diffusers_folder)
+from .components import cast_floats, folder_spec, read_single_file
+from .detect import detect_spec
+from .diffusers_folder import TOKENIZER_FOLDERS, read_component, read_diffusers_components, read_vae_folder
 from .layout import VAE_PREFIX, join_single_file, split_single_file
-from .pickle_files import PICKLE_SUFFIXES, global_step_of, read_pickled_state_dict
 from .spec_metadata import modelspec_metadata, spec_to_metadata
 from .unet_keys import diffusers_to_ldm_unet_key
 from .vae_keys import ldm_to_diffusers_vae, normalize_legacy_vae_names
 
 SHOWN_KEYS = 5
-SAVE_DTYPES = {"fp32": np.float32, "float": np.float32, "fp16": np.float16, "float16": np.float16,
-               "bf16": "bf16", "bfloat16": "bf16"}
-
-
-def read_single_file(path, allow_pickle=False):
-    """(tensors, metadata, global_step) of a `.safetensors` (validated header) or, with consent, a pickle."""
-    path = os.fspath(path)
-    if path.lower().endswith(PICKLE_SUFFIXES):
-        tensors = read_pickled_state_dict(path, allow_pickle)
-        return tensors, {}, global_step_of(tensors)
-    if not path.lower().endswith(".safetensors"):
-        raise UserError(f"{path}: unknown checkpoint format; expected a .safetensors file, a diffusers folder "
-                        f"(with model_index.json or unet/config.json), or with --allow_unsafe_pickle a "
-                        f"{'/'.join(PICKLE_SUFFIXES)} file")
-    tensors, metadata = read_safetensors(path)
-    return tensors, metadata, None
 
 
 def _check_exists(path):
@@ -59,8 +42,8 @@ def load_model(path, model_config=None, v2=None, v_parameterization=None, sdxl=N
     path = os.fspath(path)
     _check_exists(path)
     if os.path.isdir(path):
-        spec, components, unexpected = _read_folder(path, model_config, v2, v_parameterization, sdxl,
-                                                    allow_pickle)
+        spec = folder_spec(path, model_config, v2, v_parameterization, sdxl)
+        components, unexpected = read_diffusers_components(path, spec, allow_pickle), []
     else:
         tensors, metadata, global_step = read_single_file(path, allow_pickle)
         spec = detect_spec(tensors, path=path, metadata=metadata, model_config=model_config, v2=v2,
@@ -76,17 +59,6 @@ def load_model(path, model_config=None, v2=None, v_parameterization=None, sdxl=N
         bundle.tokenizers = _folder_tokenizers(path, spec)
     load_components(bundle, components, unexpected, source=path, from_folder=os.path.isdir(path))
     return bundle
-
-
-def _read_folder(path, model_config, v2, v_parameterization, sdxl, allow_pickle):
-    if not is_diffusers_folder(path):
-        raise UserError(f"{path} is a folder but not a diffusers model folder (no model_index.json or "
-                        "unet/config.json); pass a .safetensors file or a diffusers folder")
-    spec = resolve_model_config(model_config) if model_config is not None else spec_from_diffusers_folder(path)
-    check_overrides(spec.family, v2, sdxl, path)
-    spec = with_prediction(spec, decide_prediction(spec.family, None, v_parameterization, None,
-                                                   stored=spec.prediction_type))
-    return spec, read_diffusers_components(path, spec, allow_pickle), []
 
 
 def _folder_tokenizers(path, spec):
@@ -182,29 +154,11 @@ def bundle_components(bundle):
             "text_encoders": [weights(e) for e in bundle.text_encoders]}
 
 
-def _cast(tensors, save_dtype):
-    if save_dtype is None:
-        return tensors
-    if save_dtype not in SAVE_DTYPES:
-        raise UserError(f"--save_precision {save_dtype!r} is not supported; expected one of "
-                        f"{', '.join(sorted(SAVE_DTYPES))}")
-    target = SAVE_DTYPES[save_dtype]
-    out = {}
-    for name, array in tensors.items():
-        if not np.issubdtype(array.dtype, np.floating):
-            out[name] = array
-        elif target == "bf16":
-            out[name] = Bf16Tensor.from_float32(array)
-        else:
-            out[name] = array.astype(target)
-    return out
-
-
 def save_single_file(bundle, path, metadata=None, save_dtype=None):
     """Write the bundle as one LDM/SGM-layout `.safetensors` (atomic), with our spec in the metadata."""
     tensors = join_single_file(bundle_components(bundle), bundle.spec)
     merged = modelspec_metadata(bundle.spec)
     merged.update({str(k): str(v) for k, v in (metadata or {}).items()})
     merged.update(spec_to_metadata(bundle.spec))
-    write_safetensors(path, _cast(tensors, save_dtype), merged)
+    write_safetensors(path, cast_floats(tensors, save_dtype), merged)
     return path

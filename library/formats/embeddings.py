@@ -40,6 +40,8 @@ class Embedding:
     vectors: dict  # "emb" -> [n, dim] for SD1/SD2 files; "clip_l"/"clip_g" for SDXL files (float32)
     num_vectors: int
     step: int = None  # A1111 files record the optimizer steps done
+    precision: str = "fp32"  # the stored dtype: "fp32" | "fp16" | "bf16" (vectors are float32 either way)
+    token: str = None  # the key of a diffusers-style {token: tensor} file
 
     @property
     def is_sdxl(self):
@@ -56,7 +58,7 @@ def read_embedding(path, allow_pickle=False):
     stem, extension = os.path.splitext(os.path.basename(path))
     extension = extension.lower()
     if extension == ".safetensors":
-        data, _ = read_safetensors(path)
+        data, _ = read_safetensors(path, bf16_as_float32=False)
     elif extension in PICKLE_EXTENSIONS:
         data = _read_pickle(path, allow_pickle)
     elif extension == ".png":
@@ -75,7 +77,7 @@ def _read_pickle(path, allow_pickle):
         raise UserError(f"{path} is a pickle file (.pt/.bin), which can run arbitrary code when loaded. If you trust "
                         "it, pass --allow_unsafe_pickle; or convert it to .safetensors")
     try:
-        return read_torch_file(path)
+        return read_torch_file(path, bf16_as_float32=False)
     except UnsupportedTorchFile as e:
         reason = str(e)
     except (OSError, zipfile.BadZipFile) as e:
@@ -122,11 +124,21 @@ def _read_png_text(path):
 
 
 def _to_numpy(value):
+    if isinstance(value, Bf16Tensor):
+        return value.to_float32()
     if isinstance(value, np.ndarray):
         return value.astype(np.float32)
     if hasattr(value, "detach"):  # torch tensor or Parameter (bf16 has no numpy view: go through float32)
         return value.detach().cpu().float().numpy()
     return None
+
+
+def _precision(value):
+    """The stored dtype of a tensor as a save precision name."""
+    if isinstance(value, Bf16Tensor):
+        return "bf16"
+    name = str(getattr(value, "dtype", "float32"))
+    return {"float16": "fp16", "torch.float16": "fp16", "torch.bfloat16": "bf16"}.get(name, "fp32")
 
 
 def _as_matrix(path, key, value):
@@ -141,9 +153,10 @@ def _as_matrix(path, key, value):
 
 
 def _from_data(path, name, data):
-    step = None
+    step, token = None, None
     if _to_numpy(data) is not None:  # a bare tensor
         vectors = {"emb": _as_matrix(path, "tensor", data)}
+        first = data
     elif not isinstance(data, dict):
         raise UserError(f"embedding file {path}: expected a dict of tensors, found {type(data).__name__}")
     elif "string_to_param" in data:
@@ -152,7 +165,8 @@ def _from_data(path, name, data):
         if not isinstance(params, dict) or len(params) != 1:
             count = len(params) if isinstance(params, dict) else "no"
             raise UserError(f"embedding file {path}: string_to_param must hold exactly one tensor, found {count}")
-        vectors = {"emb": _as_matrix(path, "string_to_param", next(iter(params.values())))}
+        first = next(iter(params.values()))
+        vectors = {"emb": _as_matrix(path, "string_to_param", first)}
         step = data.get("step") if isinstance(data.get("step"), int) else None
     elif any(key in data for key in SDXL_KEYS):
         missing = [key for key in SDXL_KEYS if key not in data]
@@ -160,6 +174,7 @@ def _from_data(path, name, data):
             raise UserError(f"embedding file {path}: an SDXL embedding needs both clip_l and clip_g; {missing[0]} "
                             "is missing")
         vectors = {key: _as_matrix(path, key, data[key]) for key in SDXL_KEYS}
+        first = data["clip_l"]
         counts = {key: v.shape[0] for key, v in vectors.items()}
         if counts["clip_l"] != counts["clip_g"]:
             raise UserError(f"embedding file {path}: clip_l has {counts['clip_l']} vectors but clip_g has "
@@ -169,10 +184,12 @@ def _from_data(path, name, data):
         if len(tensors) != 1:
             raise UserError(f"embedding file {path}: cannot identify the embedding; expected string_to_param, "
                             f"clip_l + clip_g, or exactly one tensor, found keys {sorted(map(str, data))[:8]}")
-        key, value = next(iter(tensors.items()))
-        vectors = {"emb": _as_matrix(path, key, value)}
+        key, first = next(iter(tensors.items()))
+        vectors = {"emb": _as_matrix(path, key, first)}
+        token = str(key) if key != "emb_params" else None
     num_vectors = next(iter(vectors.values())).shape[0]
-    return Embedding(name=name, vectors=vectors, num_vectors=num_vectors, step=step)
+    return Embedding(name=name, vectors=vectors, num_vectors=num_vectors, step=step, precision=_precision(first),
+                     token=token)
 
 
 def _describe(embedding):
@@ -290,6 +307,23 @@ def save_embedding_pt(path, family, vectors, name, step=None, sd_checkpoint=None
             "sd_checkpoint_name": sd_checkpoint_name,
         }
     write_torch_file(path, data)
+
+
+def save_embedding_diffusers(path, vectors, token, save_precision="fp32"):
+    """diffusers' textual-inversion layout `{token: [n, dim]}` (`learned_embeds.bin` / `.safetensors`), which
+    `load_textual_inversion` reads with the key as the token. SD1/SD2 only (SDXL files are the clip_l/clip_g
+    dict). Atomic; `.bin` is written without torch."""
+    if len(vectors) != 1:
+        raise UserError("the diffusers layout holds one text encoder's vectors; SDXL embeddings are saved as "
+                        "{clip_l, clip_g} (.safetensors or .pt), which diffusers loads once per text encoder")
+    tensors = {str(token): _cast(vectors[0], save_precision)}
+    extension = os.path.splitext(os.fspath(path))[1].lower()
+    if extension == ".safetensors":
+        write_safetensors(path, tensors)
+    elif extension in (".bin", ".pt"):
+        write_torch_file(path, tensors)
+    else:
+        raise UserError(f"cannot save a diffusers embedding as {extension!r}; use .bin or .safetensors")
 
 
 def save_embedding(path, family, vectors, name, metadata=None, save_precision="fp32", step=None,

@@ -41,6 +41,15 @@ MINIMAL_METADATA_KEYS = ("ss_v2", "ss_base_model_version", "ss_network_module", 
 BASE_MODEL_VERSIONS = {("sd1", False): "sd_v1", ("sd1", True): "sd_v1_v", ("sd2", False): "sd_v2",
                        ("sd2", True): "sd_v2_v", ("sdxl", False): "sdxl_base_v1-0", ("sdxl", True): "sdxl_base_v1-0"}
 
+
+
+class UnsupportedModuleTypes(UserError):
+    """A LoRA file holding LyCORIS (or other) module types; `kinds` names them (e.g. "LoHa")."""
+
+    def __init__(self, message, kinds):
+        super().__init__(message)
+        self.kinds = kinds
+
 # ----------------------------------------------------------------------------------------------- hashes
 
 
@@ -266,8 +275,9 @@ def normalize_lora_keys(tensors, metadata=None, source="LoRA file"):
                 unsupported.setdefault(kind, key)
     if unsupported:
         kinds = ", ".join(f"{kind} (e.g. {key})" for kind, key in unsupported.items())
-        raise UserError(f"{source} holds module types this loader does not support: {kinds}. Only LoRA "
-                        "(lora_down/lora_up or lora_A/lora_B with alpha) is supported")
+        raise UnsupportedModuleTypes(f"{source} holds module types this loader does not support: {kinds}. Only "
+                                     "LoRA (lora_down/lora_up or lora_A/lora_B with alpha) is supported",
+                                     list(unsupported))
     has_second_encoder = any(k.startswith("text_encoder_2.") for k in tensors)
     alphas = _adapter_alphas(metadata)
     out = {}

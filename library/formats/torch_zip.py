@@ -170,7 +170,7 @@ class _ParameterDict(dict):
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
-    array, is_bf16 = storage
+    array, bf16 = storage  # bf16: None, "float32" (convert) or "keep" (a Bf16Tensor)
     itemsize = array.dtype.itemsize
     if not size:
         view = array[offset:offset + 1].reshape(())
@@ -178,7 +178,9 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
         view = np.lib.stride_tricks.as_strided(array[offset:], shape=tuple(size),
                                                strides=tuple(s * itemsize for s in stride))
     view = np.array(view)  # own the memory, drop the strides
-    return (view.astype(np.uint32) << 16).view(np.float32) if is_bf16 else view
+    if bf16 == "keep":
+        return Bf16Tensor(view)
+    return (view.astype(np.uint32) << 16).view(np.float32) if bf16 else view
 
 
 def _rebuild_parameter(data, *unused):
@@ -232,8 +234,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._load_storage(pid[1].name, str(pid[2]))
 
 
-def read_torch_file(path):
-    """Load a torch.save zip file into dicts/lists/scalars and numpy arrays (bf16 becomes float32).
+def read_torch_file(path, bf16_as_float32=True):
+    """Load a torch.save zip file into dicts/lists/scalars and numpy arrays (bf16 becomes float32, or with
+    bf16_as_float32=False a `Bf16Tensor`).
 
     Raises UnsupportedTorchFile for anything beyond that (the legacy pre-1.6 format included); such files
     need torch itself. Never imports or runs code named by the file.
@@ -252,7 +255,8 @@ def read_torch_file(path):
             if key not in cache:
                 dtype = STORAGE_DTYPES[storage_name]
                 array = np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype=dtype)
-                cache[key] = (array, storage_name == "BFloat16Storage")
+                bf16 = ("float32" if bf16_as_float32 else "keep") if storage_name == "BFloat16Storage" else None
+                cache[key] = (array, bf16)
             return cache[key]
 
         try:

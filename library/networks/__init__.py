@@ -3,10 +3,15 @@
 Entry points:
     create_network(bundle, multiplier, network_dim, network_alpha, network_dropout, network_args, ...)
     create_network_from_weights(bundle, tensors, multiplier, ...)   # dims/alphas from a file (--dim_from_weights)
+
+The MindSpore parts are imported on first use, so the numpy-only modules (names, low-rank math, file merges)
+load without MindSpore.
 """
-from .lora import LoRAModule, lora_delta
-from .network import LoRANetwork, dims_from_weights
+import importlib
+
 from .network_args import parse_network_args
+
+_LAZY = {"LoRAModule": ".lora", "LoRANetwork": ".network", "dims_from_weights": ".network", "lora_delta": ".lowrank"}
 
 # What users type for --network_module (kohya's module path) and what we accept as the same thing.
 NETWORK_MODULE_NAMES = ("networks.lora", "lora", "library.networks")
@@ -19,6 +24,8 @@ def _parts(bundle):
 def create_network(bundle, multiplier=1.0, network_dim=None, network_alpha=None, network_dropout=None,
                    network_args=None, train_unet=True, train_text_encoder=True, seed=None):
     """kohya's create_network: dim None -> 4, alpha None -> 1.0, `dropout` from --network_dropout."""
+    from .network import LoRANetwork
+
     args = parse_network_args(network_args)
     if network_dropout is not None and args.get("dropout") is None:
         args["dropout"] = network_dropout
@@ -31,6 +38,8 @@ def create_network(bundle, multiplier=1.0, network_dim=None, network_alpha=None,
 def create_network_from_weights(bundle, tensors, multiplier=1.0, network_args=None, train_unet=True,
                                 train_text_encoder=True, seed=None):
     """A network whose modules, ranks and alphas are those in `tensors` (kohya keys)."""
+    from .network import LoRANetwork, dims_from_weights
+
     args = parse_network_args(network_args)
     args.pop("conv_dim", None)
     args.pop("conv_alpha", None)
@@ -39,6 +48,14 @@ def create_network_from_weights(bundle, tensors, multiplier=1.0, network_args=No
     return LoRANetwork(unet, text_encoders, family, unet_config, multiplier=multiplier, modules_dim=modules_dim,
                        modules_alpha=modules_alpha, train_unet=train_unet, train_text_encoder=train_text_encoder,
                        seed=seed, **args)
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
 
 
 __all__ = ["LoRAModule", "LoRANetwork", "lora_delta", "dims_from_weights", "parse_network_args", "create_network",

@@ -16,6 +16,7 @@ import numpy as np
 from mindspore import nn, ops, Parameter, Tensor
 
 from ..models.layers import Conv2d, Linear
+from .lowrank import lora_delta
 
 
 class _TargetRef:
@@ -47,17 +48,6 @@ def resolve_alpha(alpha, rank):
     if alpha is None or float(alpha) == 0.0:
         return float(rank)
     return float(alpha)
-
-
-def lora_delta(down, up, scale):
-    """scale * up @ down with the target weight's layout (Linear [out,in]; Conv [out,in,k,k])."""
-    down = np.asarray(down, dtype=np.float32)
-    up = np.asarray(up, dtype=np.float32)
-    up_2d = up.reshape(up.shape[0], up.shape[1])  # [out, r] (1x1 up conv squeezed)
-    if down.ndim == 2:
-        return (up_2d @ down) * scale
-    # conv: W[o, i, kh, kw] = sum_r up[o, r] down[r, i, kh, kw] (kohya: conv2d(down^T, up)^T; 1x1 is the same)
-    return np.einsum("or,rikl->oikl", up_2d, down) * scale
 
 
 class LoRAModule(nn.Cell):

@@ -24,13 +24,27 @@ NUM_MERGES = 49152 - 256 - 2
 PAD_FLAVOURS = {"eos": EOS_TOKEN, "!": "!"}
 
 
+def _byte_order():
+    """Byte values in vocabulary order: printable bytes first, then the rest."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    return printable, [b for b in range(256) if b not in set(printable)]
+
+
 def byte_symbols():
     """The 256 printable stand-ins for bytes, in vocabulary order (printable bytes first, then the rest)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
-    symbols = [chr(b) for b in printable]
-    others = [b for b in range(256) if b not in set(printable)]
-    symbols += [chr(256 + n) for n in range(len(others))]
-    return symbols
+    printable, others = _byte_order()
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
+
+
+def token_text(token):
+    """A vocabulary entry as text: its byte stand-ins decoded as UTF-8 (`</w>`, the end of a word, kept)."""
+    printable, others = _byte_order()
+    to_byte = dict(zip(byte_symbols(), printable + others))
+    word_end = token.endswith("</w>")
+    body = token[: -len("</w>")] if word_end else token
+    if body in (BOS_TOKEN, EOS_TOKEN) or any(c not in to_byte for c in body):
+        return token
+    return bytes(to_byte[c] for c in body).decode("utf-8", errors="replace") + ("</w>" if word_end else "")
 
 
 @functools.lru_cache(maxsize=1)
